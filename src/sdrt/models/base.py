@@ -1,0 +1,263 @@
+"""The one model interface every SDRT stage talks to.
+
+A backend wraps a frozen vision-language model and offers four things:
+
+* ``generate``: batched (image, prompt) -> text, with per-token log-probabilities;
+* ``score``: teacher-forced forward on (image, prompt, answer), returning hidden states of
+  chosen decoder layers, the logits that predict each answer token and a ``TokenLayout``
+  saying which position holds image, prompt text, answer or padding;
+* ``add_layer_hook``: a forward hook on a decoder layer that receives the layout of the
+  current forward (prefill or one KV-cached decode step), so that interventions can edit
+  exactly the positions they are meant to edit;
+* ``encode_images``: turn images into reusable ``EncodedImage`` handles, so that K prompts
+  and both dual-query steps on one image pay for the vision tower once.
+
+Batches are left-padded. Every position mask is computed from the real token ids after
+padding, so nothing downstream needs to know how much padding a row got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+Role = str  # "system" | "user" | "assistant"
+Conversation = list[tuple[Role, str]]
+Prompt = str | Conversation
+"""A bare string is one user turn. The image always goes into the first user turn."""
+
+
+def as_conversation(prompt: Prompt) -> Conversation:
+    return [("user", prompt)] if isinstance(prompt, str) else list(prompt)
+
+
+@dataclass
+class EncodedImage:
+    """An image already run through a backend's preprocessing (and vision tower, if it can).
+
+    ``features`` is backend-specific; ``source`` keeps the original for backends that must
+    re-run the processor (for example to expand image placeholder tokens).
+    """
+
+    backend: str
+    features: Any
+    source: Image.Image | None = None
+
+
+ImageInput = Image.Image | EncodedImage
+
+
+@dataclass
+class TokenLayout:
+    """Roles of the positions of a left-padded batch, each a bool tensor of shape (B, L)."""
+
+    attention_mask: torch.Tensor
+    image_mask: torch.Tensor
+    answer_mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.attention_mask.shape[1]
+
+    @property
+    def text_mask(self) -> torch.Tensor:
+        """Prompt text: real tokens that are neither image tokens nor answer tokens."""
+        return self.attention_mask & ~self.image_mask & ~self.answer_mask
+
+    @property
+    def prompt_mask(self) -> torch.Tensor:
+        return self.attention_mask & ~self.answer_mask
+
+    def last_prompt_positions(self, n: int) -> torch.Tensor:
+        """Mask of the last ``n`` prompt (non-answer) positions of each row."""
+        prompt = self.prompt_mask
+        from_end = prompt.flip(1).cumsum(1).flip(1)  # (B, L) prompt tokens at or after each position
+        return prompt & (from_end <= n)
+
+    def to(self, device: torch.device | str) -> TokenLayout:
+        return TokenLayout(
+            self.attention_mask.to(device), self.image_mask.to(device), self.answer_mask.to(device)
+        )
+
+    @staticmethod
+    def decode_step(batch_size: int, device: torch.device | str) -> TokenLayout:
+        """Layout of one KV-cached generation step: every row gets one new (answer) token."""
+        ones = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
+        return TokenLayout(ones, torch.zeros_like(ones), ones.clone())
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+
+@dataclass
+class ScoreOutput:
+    """Teacher-forced forward of (image, prompt, answer) rows.
+
+    ``answer_logits[b, t]`` are the logits that predict ``answer_ids[b, t]``; rows with shorter
+    answers are right-padded and ``answer_token_mask`` marks the real ones.
+    """
+
+    layout: TokenLayout
+    hidden_states: dict[int, torch.Tensor]  # layer -> (B, L, d), output of that decoder layer
+    answer_logits: torch.Tensor  # (B, T, V)
+    answer_ids: torch.Tensor  # (B, T)
+    answer_token_mask: torch.Tensor  # (B, T) bool
+
+    def answer_logprobs(self) -> torch.Tensor:
+        """Sum of log p(answer token) over each row's answer: (B,)."""
+        logp = torch.log_softmax(self.answer_logits.float(), dim=-1)
+        token_logp = logp.gather(-1, self.answer_ids.unsqueeze(-1)).squeeze(-1)
+        return (token_logp * self.answer_token_mask).sum(-1)
+
+    def answer_hidden(self, layer: int) -> torch.Tensor:
+        """Hidden states of ``layer`` at the answer positions, right-padded to (B, T, d)."""
+        return gather_positions(self.hidden_states[layer], self.layout.answer_mask)
+
+
+def gather_positions(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pack the masked positions of each row to the left: (B, L, d) + (B, L) -> (B, T, d)."""
+    counts = mask.sum(1)
+    width = int(counts.max().item()) if counts.numel() else 0
+    out = values.new_zeros(values.shape[0], width, *values.shape[2:])
+    for row in range(values.shape[0]):
+        picked = values[row][mask[row]]
+        out[row, : picked.shape[0]] = picked
+    return out
+
+
+LayerHook = Callable[[int, torch.Tensor, TokenLayout], torch.Tensor | None]
+"""``hook(layer_index, hidden (B, L, d), layout) -> new hidden or None``.
+
+During KV-cached generation the prefill call sees the prompt layout and each decode step
+sees ``TokenLayout.decode_step`` (one generated position per row).
+"""
+
+
+class ModelError(RuntimeError):
+    """A model could not be found, loaded or used; the message names what and why."""
+
+
+class VisionLanguageModel(ABC):
+    """Base class holding what all backends share: hooks, layouts, config hash.
+
+    A backend sets ``self._layout`` (via ``_set_layout``) before every forward or generate call
+    it makes, so hooks always know the roles of the positions they see.
+    """
+
+    def __init__(self, name: str, device: torch.device | str = "cpu") -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self._layout: TokenLayout | None = None
+
+    # --- what a backend provides -----------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def decoder_layers(self) -> nn.ModuleList:
+        """The language model's decoder layers (where hooks and interventions go)."""
+
+    @property
+    @abstractmethod
+    def hidden_size(self) -> int: ...
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """Architecture config; its hash pins adapters to the model they were trained on."""
+
+    @abstractmethod
+    def encode_images(self, images: Sequence[Image.Image]) -> list[EncodedImage]: ...
+
+    @abstractmethod
+    def generate(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Generation]: ...
+
+    @abstractmethod
+    def score(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[Prompt],
+        answers: Sequence[str],
+        *,
+        layers: Sequence[int] = (),
+        append_eos: bool = True,
+    ) -> ScoreOutput:
+        """Teacher-forced forward. Runs under the caller's grad mode (adapters train through it)."""
+
+    @abstractmethod
+    def render_prompt(self, prompt: Prompt) -> str:
+        """The prompt as the model's own chat template renders it (generation prompt added)."""
+
+    # --- shared machinery --------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers)
+
+    @property
+    def config_hash(self) -> str:
+        blob = json.dumps(self.config_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def add_layer_hook(self, layer: int, hook: LayerHook) -> RemovableHandle:
+        """Register ``hook`` on decoder layer ``layer``; the handle works as a context manager."""
+        if not 0 <= layer < self.num_layers:
+            raise ModelError(f"{self.name}: layer {layer} out of range (model has {self.num_layers})")
+
+        def torch_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            layout = self.current_layout(hidden)
+            new = hook(layer, hidden, layout)
+            if new is None:
+                return output
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return self.decoder_layers[layer].register_forward_hook(torch_hook)
+
+    def current_layout(self, hidden: torch.Tensor) -> TokenLayout:
+        """The layout of the forward now running: the prefill's, or one decode step."""
+        layout = self._layout
+        if layout is not None and hidden.shape[1] == layout.seq_len:
+            return layout
+        if layout is not None and hidden.shape[1] == 1:
+            return TokenLayout.decode_step(hidden.shape[0], hidden.device)
+        raise ModelError(
+            f"{self.name}: a layer hook ran outside a forward of this interface "
+            f"(hidden {tuple(hidden.shape)}, layout {None if layout is None else layout.seq_len})"
+        )
+
+    def _set_layout(self, layout: TokenLayout | None) -> None:
+        self._layout = layout
