@@ -1,0 +1,142 @@
+"""The ``sdrt`` command: one typed function per stage, no logic of its own."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sdrt.config import ConfigError, DataSource, TraceConfig, load_config
+
+app = typer.Typer(
+    help="Self-distillation with diverse reasoning traces for vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | tiny:<family> | model folder | hub id")]
+DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="skip bad records (counted and logged)")]
+
+
+@app.command()
+def models() -> None:
+    """List the model names sdrt knows."""
+    from sdrt.models import available_models
+
+    for name in available_models():
+        print(name)
+
+
+@app.command()
+def ask(
+    image: Annotated[Path, typer.Option(help="image file")],
+    question: Annotated[str, typer.Option(help="the question")],
+    model: ModelOpt = "embedded",
+    mode: Annotated[str, typer.Option(help="direct | dual:<prompt-id> | ensemble")] = "direct",
+    adapter: Annotated[Path | None, typer.Option(help="an SDRT adapter folder to answer with")] = None,
+    k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
+    prompts_yaml: Annotated[Path | None, typer.Option(help="extra or overriding prompts")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Answer one question about one image; the answer is the last line printed."""
+    from sdrt.ask import ask_question
+
+    result = ask_question(model, image, question, mode=mode, adapter=adapter, k=k,
+                          prompts_yaml=prompts_yaml, device=device)
+    for trace in result.traces:
+        err.print(f"[bold]{trace.prompt_id}[/bold] analysis: {trace.analysis}")
+        err.print(f"[bold]{trace.prompt_id}[/bold] answer: {trace.answer}")
+    print(result.answer)
+
+
+@app.command()
+def traces(
+    model: ModelOpt = "embedded",
+    benchmark: Annotated[str, typer.Option("--benchmark", "--data", help="easy-vqa | scenes | .jsonl | folder")] = (
+        "easy-vqa"
+    ),
+    split: Annotated[str, typer.Option(help="data split")] = "train",
+    layout: Annotated[str | None, typer.Option(help="published layout of a Parquet folder")] = None,
+    prompts: Annotated[str | None, typer.Option(help="comma-separated prompt ids, or a YAML file")] = None,
+    k: Annotated[int, typer.Option(help="prompts per example")] = 3,
+    limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    strategy: Annotated[str, typer.Option(help="majority | loglik")] = "majority",
+    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
+    out: Annotated[Path, typer.Option(help="trace folder (resumable)")] = Path("runs/traces"),
+    config: Annotated[Path | None, typer.Option(help="YAML TraceConfig; flags override it")] = None,
+    skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Generate K dual-query reasoning traces per example and their ensemble pseudo-labels."""
+    from sdrt.traces.job import run_trace_job
+
+    prompt_ids, prompts_yaml = _split_prompts_option(prompts)
+    cfg = load_config(
+        TraceConfig,
+        config,
+        model=model,
+        data=DataSource(source=benchmark, split=split, layout=layout, limit=limit, seed=seed),
+        prompts=prompt_ids,
+        prompts_yaml=prompts_yaml,
+        k=k,
+        strategy=strategy,
+        batch_size=batch_size,
+        out=out,
+        skip_bad=skip_bad,
+        device=device,
+    )
+    stats = run_trace_job(cfg)
+    err.print(
+        f"done: {stats.examples_done} new examples, {stats.examples_already_done} already on disk, "
+        f"{stats.examples_skipped_bad} skipped as bad, {stats.generated_tokens} tokens in {stats.seconds:.1f} s"
+    )
+
+
+@app.command()
+def align(
+    config: Annotated[Path | None, typer.Option(help="YAML AlignConfig; flags override it")] = None,
+    out: Annotated[Path | None, typer.Option(help="where the trained projector goes")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
+) -> None:
+    """Train the embedded VLM's projector (and LoRA) on easy-vqa and scene descriptions."""
+    from sdrt.models.align import AlignConfig, align as run_align
+
+    cfg = load_config(AlignConfig, config, out=out, steps=steps)
+    path = run_align(cfg)
+    print(path)
+
+
+def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | None]:
+    if value is None:
+        return None, None
+    if value.endswith((".yaml", ".yml")):
+        return None, Path(value)
+    return [v.strip() for v in value.split(",") if v.strip()], None
+
+
+def main() -> None:
+    """Console entry: known failures print one clear line and exit 2, never a traceback."""
+    from sdrt.data.records import DataError
+    from sdrt.models.base import ModelError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    known: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, KeyError, ValueError,
+                                          FileNotFoundError)
+    try:
+        app()
+    except known as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        err.print(f"[bold red]error:[/bold red] {message}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Typed configs for the jobs the CLI and the API run, validated at the edge.
+
+Each job reads a config object; the CLI builds it from flags (or a YAML file) so that
+wrong values fail here, with every problem listed at once, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or flag combination is invalid; the message lists every problem."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(StrictModel):
+    """Where examples come from: a built-in name ("easy-vqa", "scenes") or a file/folder."""
+
+    source: str = "easy-vqa"
+    split: str = "train"
+    layout: str | None = None  # published layout of a Parquet folder (docvqa, chartqa, ...)
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}:{self.split}"
+
+
+class TraceConfig(StrictModel):
+    model: str = "embedded"
+    data: DataSource = DataSource()
+    prompts: list[str] | None = None  # prompt ids; None = the first k suited to the data's task type
+    prompts_yaml: Path | None = None  # extra or overriding prompts
+    k: int = Field(default=3, gt=0)
+    strategy: str = "majority"
+    batch_size: int = Field(default=8, gt=0)
+    shard_examples: int = Field(default=32, gt=0)
+    analysis_tokens: int = Field(default=48, gt=0)
+    answer_tokens: int = Field(default=10, gt=0)
+    out: Path = Path("runs/traces")
+    skip_bad: bool = False
+    device: str = "cpu"
+
+
+def load_config(cls: type[ConfigT], path: str | Path | None = None, **overrides: Any) -> ConfigT:
+    """Build ``cls`` from an optional YAML file plus CLI overrides (``None`` overrides ignored)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from exc

@@ -1,0 +1,168 @@
+"""Answering modes: direct, dual-query with one prompt, and the ensemble over K prompts.
+
+Cost is what separates the modes, so every answer carries it: generated tokens and model
+calls (prompt prefills) spent on it. Per batch, each image is encoded once and reused by the
+K prompts and both steps; the K prompts of all examples go through one batched ``generate``
+per step, so a batch of B examples costs two ``generate`` calls, not 2·K·B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sdrt.data.records import VQARecord
+from sdrt.models.base import EncodedImage, Generation, VisionLanguageModel
+from sdrt.prompts.library import DualQueryPrompt, direct_prompt
+from sdrt.reasoning.ensemble import ENSEMBLE_STRATEGIES, Candidate, EnsembleResult
+from sdrt.reasoning.extract import extract_short_answer
+
+
+@dataclass(frozen=True)
+class GenerationBudget:
+    analysis_tokens: int = 48
+    answer_tokens: int = 10
+
+
+@dataclass
+class PromptTrace:
+    """What one dual-query prompt produced for one example."""
+
+    prompt_id: str
+    analysis: str
+    raw_answer: str
+    answer: str
+    answer_logprob: float
+    answer_mean_logprob: float
+    analysis_tokens: int
+    answer_tokens: int
+
+
+@dataclass
+class Answer:
+    record_id: str
+    answer: str
+    raw_answer: str
+    traces: list[PromptTrace] = field(default_factory=list)
+    ensemble: EnsembleResult | None = None
+    generated_tokens: int = 0
+    model_calls: int = 0
+
+
+def answer_direct(
+    model: VisionLanguageModel,
+    records: Sequence[VQARecord],
+    images: Sequence[EncodedImage],
+    budget: GenerationBudget = GenerationBudget(),
+) -> list[Answer]:
+    """One call per example with the standard short-answer instruction (no reasoning)."""
+    prompts = [direct_prompt(r.question, r.choices) for r in records]
+    outputs = model.generate(images, prompts, max_new_tokens=budget.answer_tokens)
+    return [
+        Answer(
+            record_id=r.id,
+            answer=extract_short_answer(out.text, r.choices),
+            raw_answer=out.text,
+            generated_tokens=out.num_tokens,
+            model_calls=1,
+        )
+        for r, out in zip(records, outputs, strict=True)
+    ]
+
+
+def answer_dual_query(
+    model: VisionLanguageModel,
+    records: Sequence[VQARecord],
+    images: Sequence[EncodedImage],
+    prompts: Sequence[DualQueryPrompt],
+    budget: GenerationBudget = GenerationBudget(),
+    strategy: str = "majority",
+) -> list[Answer]:
+    """Both steps of every prompt for every example; K > 1 prompts are ensembled."""
+    if not prompts:
+        raise ValueError("dual-query answering needs at least one prompt")
+    vote = ENSEMBLE_STRATEGIES[strategy]
+    rows = [(b, p) for b in range(len(records)) for p in prompts]  # example-major, prompt order kept
+    row_images = [images[b] for b, _ in rows]
+
+    step1 = [p.step1(records[b].question, records[b].choices) for b, p in rows]
+    analyses = model.generate(row_images, step1, max_new_tokens=budget.analysis_tokens)
+    step2 = [
+        p.step2(records[b].question, a.text, records[b].choices)
+        for (b, p), a in zip(rows, analyses, strict=True)
+    ]
+    answers = model.generate(row_images, step2, max_new_tokens=budget.answer_tokens)
+
+    results = []
+    k = len(prompts)
+    for b, record in enumerate(records):
+        traces = [
+            _trace(p, analyses[b * k + i], answers[b * k + i], record)
+            for i, p in enumerate(prompts)
+        ]
+        results.append(_combine(record, traces, vote))
+    return results
+
+
+def _trace(prompt: DualQueryPrompt, analysis: Generation, answer: Generation, record: VQARecord) -> PromptTrace:
+    return PromptTrace(
+        prompt_id=prompt.id,
+        analysis=analysis.text,
+        raw_answer=answer.text,
+        answer=extract_short_answer(answer.text, record.choices),
+        answer_logprob=answer.logprob,
+        answer_mean_logprob=answer.logprob / max(answer.num_tokens, 1),
+        analysis_tokens=analysis.num_tokens,
+        answer_tokens=answer.num_tokens,
+    )
+
+
+def _combine(record: VQARecord, traces: list[PromptTrace], vote) -> Answer:
+    candidates = [
+        Candidate(
+            prompt_id=t.prompt_id,
+            answer=t.answer,
+            logprob=t.answer_logprob,
+            mean_logprob=t.answer_mean_logprob,
+        )
+        for t in traces
+    ]
+    ensemble = vote(candidates)
+    winner = next((t for t in traces if t.answer == ensemble.answer), traces[0])
+    return Answer(
+        record_id=record.id,
+        answer=ensemble.answer,
+        raw_answer=winner.raw_answer,
+        traces=traces,
+        ensemble=ensemble,
+        generated_tokens=sum(t.analysis_tokens + t.answer_tokens for t in traces),
+        model_calls=2 * len(traces),
+    )
+
+
+def parse_mode(mode: str) -> tuple[str, str | None]:
+    """``direct`` | ``dual:<prompt-id>`` | ``ensemble`` | ``adapter`` -> (kind, prompt id)."""
+    kind, _, prompt_id = mode.partition(":")
+    if kind in {"direct", "ensemble", "adapter"} and not prompt_id:
+        return kind, None
+    if kind == "dual" and prompt_id:
+        return kind, prompt_id
+    raise ValueError(f"unknown mode {mode!r}; use direct, dual:<prompt-id>, ensemble or adapter")
+
+
+def answer_with_mode(
+    model: VisionLanguageModel,
+    records: Sequence[VQARecord],
+    images: Sequence[EncodedImage],
+    mode: str,
+    ensemble_prompts: Sequence[DualQueryPrompt],
+    library_get,
+    budget: GenerationBudget = GenerationBudget(),
+    strategy: str = "majority",
+) -> list[Answer]:
+    """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached."""
+    kind, prompt_id = parse_mode(mode)
+    if kind in {"direct", "adapter"}:
+        return answer_direct(model, records, images, budget)
+    prompts = [library_get(prompt_id)] if kind == "dual" else list(ensemble_prompts)
+    return answer_dual_query(model, records, images, prompts, budget, strategy)
