@@ -20,7 +20,9 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | tiny:<family> | model folder | hub id")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="embedded | tiny:<family> | model folder | hub id")
+]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="skip bad records (counted and logged)")]
 
@@ -48,8 +50,9 @@ def ask(
     """Answer one question about one image; the answer is the last line printed."""
     from sdrt.ask import ask_question
 
-    result = ask_question(model, image, question, mode=mode, adapter=adapter, k=k,
-                          prompts_yaml=prompts_yaml, device=device)
+    result = ask_question(
+        model, image, question, mode=mode, adapter=adapter, k=k, prompts_yaml=prompts_yaml, device=device
+    )
     for trace in result.traces:
         err.print(f"[bold]{trace.prompt_id}[/bold] analysis: {trace.analysis}")
         err.print(f"[bold]{trace.prompt_id}[/bold] answer: {trace.answer}")
@@ -59,9 +62,9 @@ def ask(
 @app.command()
 def traces(
     model: ModelOpt = "embedded",
-    benchmark: Annotated[str, typer.Option("--benchmark", "--data", help="easy-vqa | scenes | .jsonl | folder")] = (
-        "easy-vqa"
-    ),
+    benchmark: Annotated[
+        str, typer.Option("--benchmark", "--data", help="easy-vqa | scenes | .jsonl | folder")
+    ] = ("easy-vqa"),
     split: Annotated[str, typer.Option(help="data split")] = "train",
     layout: Annotated[str | None, typer.Option(help="published layout of a Parquet folder")] = None,
     prompts: Annotated[str | None, typer.Option(help="comma-separated prompt ids, or a YAML file")] = None,
@@ -96,7 +99,8 @@ def traces(
     stats = run_trace_job(cfg)
     err.print(
         f"done: {stats.examples_done} new examples, {stats.examples_already_done} already on disk, "
-        f"{stats.examples_skipped_bad} skipped as bad, {stats.generated_tokens} tokens in {stats.seconds:.1f} s"
+        f"{stats.examples_skipped_bad} skipped as bad, "
+        f"{stats.generated_tokens} tokens in {stats.seconds:.1f} s"
     )
 
 
@@ -107,7 +111,8 @@ def align(
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
 ) -> None:
     """Train the embedded VLM's projector (and LoRA) on easy-vqa and scene descriptions."""
-    from sdrt.models.align import AlignConfig, align as run_align
+    from sdrt.models.align import AlignConfig
+    from sdrt.models.align import align as run_align
 
     cfg = load_config(AlignConfig, config, out=out, steps=steps)
     path = run_align(cfg)
@@ -128,8 +133,14 @@ def main() -> None:
     from sdrt.models.base import ModelError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    known: tuple[type[Exception], ...] = (ConfigError, DataError, ModelError, KeyError, ValueError,
-                                          FileNotFoundError)
+    known: tuple[type[Exception], ...] = (
+        ConfigError,
+        DataError,
+        ModelError,
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+    )
     try:
         app()
     except known as exc:

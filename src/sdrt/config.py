@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 

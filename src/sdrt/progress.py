@@ -47,7 +47,9 @@ def progress_bar(total: int, description: str, unit: str = "it") -> Iterator[Cal
         task = progress.add_task(description, total=total, info="")
 
         def advance(n: int = 1, **fields: float | str) -> None:
-            info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            info = "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+            )
             progress.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance

@@ -96,15 +96,14 @@ def answer_dual_query(
     results = []
     k = len(prompts)
     for b, record in enumerate(records):
-        traces = [
-            _trace(p, analyses[b * k + i], answers[b * k + i], record)
-            for i, p in enumerate(prompts)
-        ]
+        traces = [_trace(p, analyses[b * k + i], answers[b * k + i], record) for i, p in enumerate(prompts)]
         results.append(_combine(record, traces, vote))
     return results
 
 
-def _trace(prompt: DualQueryPrompt, analysis: Generation, answer: Generation, record: VQARecord) -> PromptTrace:
+def _trace(
+    prompt: DualQueryPrompt, analysis: Generation, answer: Generation, record: VQARecord
+) -> PromptTrace:
     return PromptTrace(
         prompt_id=prompt.id,
         analysis=analysis.text,

@@ -66,9 +66,7 @@ def generate_traces(
 ) -> TraceRunStats:
     stats = TraceRunStats()
     done = store.finished_example_ids()
-    todo = [
-        (i, r) for i, r in enumerate(records) if i % rank.world_size == rank.rank and r.id not in done
-    ]
+    todo = [(i, r) for i, r in enumerate(records) if i % rank.world_size == rank.rank and r.id not in done]
     mine = sum(1 for i in range(len(records)) if i % rank.world_size == rank.rank)
     stats.examples_already_done = mine - len(todo)
     if on_progress and stats.examples_already_done:

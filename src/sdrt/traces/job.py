@@ -13,7 +13,9 @@ from sdrt.traces.generate import DistributedRank, TraceRunStats, generate_traces
 from sdrt.traces.store import TraceStore
 
 
-def select_prompts(library: PromptLibrary, ids: list[str] | None, k: int, task_type: str) -> list[DualQueryPrompt]:
+def select_prompts(
+    library: PromptLibrary, ids: list[str] | None, k: int, task_type: str
+) -> list[DualQueryPrompt]:
     """The prompts named, or the first ``k`` the library marks as suited to the task type."""
     if ids:
         return [library.get(i) for i in ids][:k]
@@ -23,7 +25,11 @@ def select_prompts(library: PromptLibrary, ids: list[str] | None, k: int, task_t
 def read_data(config: TraceConfig) -> list[VQARecord]:
     data = config.data
     return load_records(
-        data.source, split=data.split, limit=data.limit, seed=data.seed, skip_bad=config.skip_bad,
+        data.source,
+        split=data.split,
+        limit=data.limit,
+        seed=data.seed,
+        skip_bad=config.skip_bad,
         **({"layout": data.layout} if data.layout else {}),
     )
 

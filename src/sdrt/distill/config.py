@@ -1,0 +1,68 @@
+"""The typed ``sdrt distill`` config (YAML or flags), validated before any model is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sdrt.config import StrictModel
+
+
+class LossWeights(StrictModel):
+    """Weight of each loss term; a term with weight 0 is not computed."""
+
+    hidden: float = Field(default=1.0, ge=0)
+    ce: float = Field(default=1.0, ge=0)
+    kl: float = Field(default=0.0, ge=0)
+    hidden_kind: Literal["mse", "cosine"] = "cosine"
+
+    @model_validator(mode="after")
+    def _some_term(self) -> LossWeights:
+        if self.hidden == self.ce == self.kl == 0:
+            raise ValueError("at least one loss weight must be positive")
+        return self
+
+
+class DistillConfig(StrictModel):
+    model: str = "embedded"
+    traces: Path = Path("runs/traces")
+    out: Path = Path("runs/adapter")
+
+    # the adapter
+    layers: list[int] | None = None  # None: four layers spread over the upper two thirds
+    rank: int = Field(default=4, ge=1)
+    positions: list[str] = Field(default_factory=lambda: ["last_prompt:4", "answer"])
+    skip: bool = True
+    skip_source_layer: int | None = Field(default=None, ge=0)  # None: half way to the lowest layer
+    skip_rank: int = Field(default=4, ge=1)
+    weighting: Literal["ensemble", "uniform"] = "ensemble"
+    gate: bool = False
+
+    # the objective
+    loss: LossWeights = LossWeights()
+    top_k: int = Field(default=32, ge=1)  # teacher log-probs kept per answer token for the KL term
+    min_agreement: float = Field(default=0.0, ge=0, le=1)
+
+    # optimisation
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=20, ge=1)
+    cache_teacher: bool = False
+    device: str = "cpu"
+
+
+def default_layers(num_layers: int, count: int = 4) -> list[int]:
+    """``count`` layers spread evenly over the upper two thirds of the stack."""
+    lowest = max(1, num_layers // 3)
+    if num_layers - lowest <= count:
+        return list(range(lowest, num_layers))
+    step = (num_layers - 1 - lowest) / (count - 1)
+    return sorted({lowest + round(i * step) for i in range(count)})

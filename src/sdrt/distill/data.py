@@ -1,0 +1,100 @@
+"""Distillation examples: a trace folder grouped by example, with the images to read again."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdrt.data import load_records
+from sdrt.data.records import VQARecord
+from sdrt.traces.store import TraceStore
+
+log = logging.getLogger(__name__)
+
+
+class DistillDataError(ValueError):
+    """The trace folder cannot feed distillation (empty, or its records cannot be found)."""
+
+
+@dataclass
+class DistillExample:
+    record: VQARecord  # question and image; references are never used for training
+    pseudo_label: str  # the ensemble answer
+    prompt_ids: list[str]  # K, in prompt order
+    analyses: list[str]  # K step-1 analyses
+    weights: list[float]  # K ensemble weights, summing to 1
+    agreement: float
+
+
+def load_distill_examples(traces_dir: str | Path, *, min_agreement: float = 0.0) -> list[DistillExample]:
+    """Group trace rows by example and attach each example's record (for its image).
+
+    Examples whose pseudo-label is empty or whose agreement is below ``min_agreement`` are
+    left out and counted in the log.
+    """
+    store = TraceStore(traces_dir)
+    manifest = store.manifest()
+    table = store.read().to_pylist()
+    if not table:
+        raise DistillDataError(f"{traces_dir} holds no traces yet: run `sdrt traces` first")
+    records = _records_by_id(manifest, {row["example_id"] for row in table})
+    grouped: dict[str, list[dict]] = {}
+    for row in table:
+        grouped.setdefault(row["example_id"], []).append(row)
+
+    examples, dropped = [], 0
+    for example_id, rows in grouped.items():
+        rows.sort(key=lambda r: r["prompt_rank"])
+        label = (rows[0]["ensemble_answer"] or "").strip()
+        agreement = float(rows[0]["ensemble_agreement"] or 0.0)
+        if not label or agreement < min_agreement:
+            dropped += 1
+            continue
+        examples.append(
+            DistillExample(
+                record=records[example_id],
+                pseudo_label=label,
+                prompt_ids=[r["prompt_id"] for r in rows],
+                analyses=[r["analysis"] or "" for r in rows],
+                weights=_normalised([float(r["prompt_weight"] or 0.0) for r in rows]),
+                agreement=agreement,
+            )
+        )
+    if dropped:
+        log.warning(
+            "left out %d of %d examples (empty pseudo-label or agreement < %s)",
+            dropped,
+            len(grouped),
+            min_agreement,
+        )
+    if not examples:
+        raise DistillDataError(f"no usable examples in {traces_dir} (all {dropped} were left out)")
+    return examples
+
+
+def _records_by_id(manifest: dict, wanted: set[str]) -> dict[str, VQARecord]:
+    """Read the traces' data source again: generated scenes live in memory, not on disk."""
+    data = manifest["data"]
+    kwargs = {"layout": data["layout"]} if data.get("layout") else {}
+    records = load_records(
+        data["source"],
+        split=data["split"],
+        limit=data.get("limit"),
+        seed=data.get("seed", 0),
+        skip_bad=True,
+        **kwargs,
+    )
+    by_id = {r.id: r for r in records if r.id in wanted}
+    missing = wanted - by_id.keys()
+    if missing:
+        raise DistillDataError(
+            f"{len(missing)} traced examples are not in {data['source']}:{data['split']} any more, "
+            f"e.g. {sorted(missing)[:3]}"
+        )
+    return by_id
+
+
+def _normalised(weights: list[float]) -> list[float]:
+    total = sum(weights)
+    return [w / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)

@@ -1,0 +1,350 @@
+"""Self-distillation: train SDRT adapters so that one direct pass matches K reasoning teachers.
+
+Student: the frozen model + adapter, reading only (image, question) with the direct prompt.
+Teachers: the same frozen model without the adapter, reading (image, question, analysis_k).
+Both are teacher-forced on the ensemble pseudo-label; the loss compares them on the aligned
+span (see ``teacher.py``), weighted over the K teachers by the ensemble weights.
+
+Runs in one process or several (``torchrun``/``accelerate launch``): every rank takes a strided
+share of each global batch and gradients are averaged across ranks before the step. The adapter
+runs inside the frozen model through hooks, never through its own ``forward``, so DDP's forward
+wrapper does not apply; gradients are all-reduced explicitly instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdrt.adapters.config import AdapterConfig, GateConfig, SkipConfig
+from sdrt.adapters.files import save_adapter
+from sdrt.adapters.model import SDRTAdapter
+from sdrt.adapters.weighting import weighted_teacher_loss
+from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.distill.data import DistillExample, load_distill_examples
+from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
+from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, compute_teacher_targets
+from sdrt.models.base import VisionLanguageModel, gather_positions
+from sdrt.prompts.library import PromptLibrary, direct_prompt
+from sdrt.traces.store import TraceStore
+
+log = logging.getLogger(__name__)
+
+
+class DistillError(RuntimeError):
+    """Training cannot go on (NaN loss, a trace folder from another model, ...)."""
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    terms: dict[str, float]
+    lr: float
+
+
+@dataclass
+class DistillResult:
+    adapter_dir: Path
+    history: list[StepLog] = field(default_factory=list)
+    trainable_parameters: int = 0
+    resumed_from: int = 0
+
+
+# --- distributed helpers -------------------------------------------------------------------------
+
+
+def world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> None:
+    """Join the process group that torchrun/accelerate describe in the environment (gloo on CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()
+
+
+def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    rank, size = world()
+    if size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for p, g in zip(parameters, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).clone()
+        offset += n
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+def global_batch_indices(step: int, micro: int, config: DistillConfig, n_examples: int) -> list[int]:
+    """The examples of micro-batch ``micro`` of ``step``: a fixed function of the seed.
+
+    Epochs are seeded permutations, so a resumed run sees exactly the batches it would have.
+    """
+    start = (step * config.grad_accum + micro) * config.batch_size
+    out = []
+    for position in range(start, start + config.batch_size):
+        epoch, offset = divmod(position, n_examples)
+        out.append(_epoch_order(config.seed, epoch, n_examples)[offset])
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n_examples: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def pad_stack(tensors: Sequence[torch.Tensor], length: int, dim: int) -> torch.Tensor:
+    """Right-pad each tensor with zeros along ``dim`` to ``length`` and stack them."""
+    padded = []
+    for t in tensors:
+        pad = [0, 0] * (t.dim() - dim - 1) + [0, length - t.shape[dim]]
+        padded.append(torch.nn.functional.pad(t, pad))
+    return torch.stack(padded)
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+
+class DistillTrainer:
+    def __init__(
+        self,
+        config: DistillConfig,
+        model: VisionLanguageModel,
+        examples: list[DistillExample],
+        library: PromptLibrary,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.examples = examples
+        self.library = library
+        self.layers = config.layers or default_layers(model.num_layers)
+        self.adapter = SDRTAdapter(self.adapter_config(), model.hidden_size).to(model.device)
+        self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.cache = (
+            TeacherCache(config.out / "teacher-cache", self._cache_fingerprint())
+            if config.cache_teacher
+            else None
+        )
+        self.history: list[StepLog] = []
+        self.step = 0
+
+    def adapter_config(self) -> AdapterConfig:
+        c = self.config
+        source = c.skip_source_layer if c.skip_source_layer is not None else min(self.layers) // 2
+        return AdapterConfig(
+            layers=self.layers,
+            rank=c.rank,
+            positions=c.positions,
+            skip=SkipConfig(enabled=c.skip, source_layer=source, rank=c.skip_rank),
+            gate=GateConfig(enabled=c.gate, num_heads=max(2, len(self.examples[0].prompt_ids))),
+            base_model=self.model.name,
+            base_model_config_hash=self.model.config_hash,
+            prompt_library_hash=self.library.content_hash,
+        )
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 10% of the peak."""
+        c = self.config
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _cache_fingerprint(self) -> str:
+        return f"{self.model.config_hash}:{self.layers}:{self.library.content_hash}:{self.config.top_k}"
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def teacher_targets(self, batch: list[DistillExample], images) -> list[TeacherTargets]:
+        if self.cache is not None and all(ex.record.id in self.cache for ex in batch):
+            return [self.cache.get(ex.record.id) for ex in batch]
+        with self.adapter.detached(self.model):
+            targets = compute_teacher_targets(
+                self.model, batch, images, self.library, self.layers, self.config.top_k
+            )
+        if self.cache is not None:
+            self.cache.put([ex.record.id for ex in batch], targets)
+        return targets
+
+    def micro_step_loss(self, batch: list[DistillExample]) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.config
+        images = self.model.encode_images([ex.record.load_image() for ex in batch])
+        targets = self.teacher_targets(batch, images)
+        prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
+        weights = self._teacher_weights(batch)  # (B, K)
+        self.adapter.set_teacher_weights(weights if c.gate else None)
+        out = self.model.score(images, prompts, [ex.pseudo_label for ex in batch], layers=self.layers)
+        span = aligned_span(out)
+        terms: dict[str, torch.Tensor] = {}
+        if c.loss.hidden > 0:
+            per_layer = [
+                self._hidden_term(out.hidden_states[layer], span, targets, layer) for layer in self.layers
+            ]
+            terms["hidden"] = weighted_teacher_loss(torch.stack(per_layer).mean(0), weights)
+        if c.loss.ce > 0:
+            terms["ce"] = answer_cross_entropy(
+                out.answer_logits, out.answer_ids, out.answer_token_mask
+            ).mean()
+        if c.loss.kl > 0:
+            length = out.answer_ids.shape[1]
+            t_logp = pad_stack([t.topk_logprobs for t in targets], length, dim=1).to(out.answer_logits.device)
+            t_ids = pad_stack([t.topk_ids for t in targets], length, dim=1).to(out.answer_logits.device)
+            kl = teacher_kl(out.answer_logits, t_logp, t_ids, out.answer_token_mask)
+            terms["kl"] = weighted_teacher_loss(kl, weights)
+        gate_loss = self.adapter.gate_loss()
+        if gate_loss is not None:
+            terms["gate"] = gate_loss
+        total = sum(getattr(c.loss, name, 1.0) * value for name, value in terms.items())
+        return total, {name: float(value.detach()) for name, value in terms.items()}
+
+    def _hidden_term(
+        self, hidden: torch.Tensor, span: torch.Tensor, targets: list[TeacherTargets], layer: int
+    ) -> torch.Tensor:
+        student = gather_positions(hidden, span)  # (B, S, d)
+        teacher = pad_stack([t.hidden[layer] for t in targets], student.shape[1], dim=1).to(student.device)
+        mask = gather_positions(span.unsqueeze(-1), span).squeeze(-1).bool()  # (B, S)
+        return hidden_alignment(student, teacher, mask, self.config.loss.hidden_kind)  # (B, K)
+
+    def _teacher_weights(self, batch: list[DistillExample]) -> torch.Tensor:
+        k = len(batch[0].prompt_ids)
+        if self.config.weighting == "uniform":
+            return torch.full((len(batch), k), 1.0 / k, device=self.model.device)
+        return torch.tensor([ex.weights for ex in batch], dtype=torch.float32, device=self.model.device)
+
+    def train_step(self) -> StepLog:
+        rank, size = world()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        loss_sum = 0.0
+        for micro in range(self.config.grad_accum):
+            indices = global_batch_indices(self.step, micro, self.config, len(self.examples))[rank::size]
+            loss, terms = self.micro_step_loss([self.examples[i] for i in indices])
+            (loss / self.config.grad_accum).backward()
+            loss_sum += float(loss.detach()) / self.config.grad_accum
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value / self.config.grad_accum
+        if not math.isfinite(loss_sum):
+            raise DistillError(
+                f"the loss became {loss_sum} at step {self.step + 1} (terms: {totals}); "
+                f"lower the learning rate (now {self.config.lr}) or the loss weights"
+            )
+        average_gradients(self.parameters)
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        entry = StepLog(self.step, loss_sum, totals, lr)
+        self.history.append(entry)
+        return entry
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """A complete checkpoint folder appears atomically (rename), then older ones go."""
+        root = self.config.out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{self.step:07d}"
+        tmp = root / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()},
+            str(tmp / "adapter.safetensors"),
+        )
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            tmp / "optimizer.pt",
+        )
+        history = [entry.__dict__ for entry in self.history]
+        (tmp / "state.json").write_text(json.dumps({"step": self.step, "history": history}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint, if any; returns the step reached."""
+        root = self.config.out / "checkpoints"
+        found = sorted(root.glob("step-*")) if root.exists() else []
+        if not found:
+            return 0
+        latest = found[-1]
+        self.adapter.load_state_dict(load_file(str(latest / "adapter.safetensors")))
+        state = torch.load(latest / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        saved = json.loads((latest / "state.json").read_text())
+        self.step = saved["step"]
+        self.history = [StepLog(**entry) for entry in saved["history"]]
+        return self.step
+
+
+def run_distillation(
+    config: DistillConfig,
+    model: VisionLanguageModel | None = None,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> DistillResult:
+    """Train, checkpoint, and save the adapter folder; resumes from ``out/checkpoints``."""
+    from sdrt.models import load_model
+
+    torch.manual_seed(config.seed)
+    init_distributed()
+    rank, _ = world()
+    manifest = TraceStore(config.traces).manifest()
+    library = PromptLibrary.load(manifest.get("prompts_yaml"))
+    if library.content_hash != manifest["prompt_library_hash"]:
+        raise DistillError(
+            f"the prompt library changed since {config.traces} was generated "
+            f"({library.content_hash} != {manifest['prompt_library_hash']}); regenerate the traces"
+        )
+    model = model or load_model(config.model, device=config.device)
+    if model.config_hash != manifest["model_config_hash"]:
+        raise DistillError(
+            f"{config.traces} was generated by another model ({manifest['model']}); "
+            "the teacher and the student must be the same model"
+        )
+    examples = load_distill_examples(config.traces, min_agreement=config.min_agreement)
+    trainer = DistillTrainer(config, model, examples, library)
+    resumed = trainer.resume()
+    with trainer.adapter.attached(model):
+        while trainer.step < config.steps:
+            entry = trainer.train_step()
+            if on_step:
+                on_step(entry)
+            if rank == 0 and (trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps):
+                trainer.save_checkpoint()
+    if rank == 0:
+        save_adapter(trainer.adapter, config.out)
+        (config.out / "train_log.json").write_text(
+            json.dumps([e.__dict__ for e in trainer.history], indent=1)
+        )
+    n_trainable = sum(p.numel() for p in trainer.parameters)
+    return DistillResult(config.out, trainer.history, n_trainable, resumed)
