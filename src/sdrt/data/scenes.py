@@ -1,0 +1,513 @@
+"""Generated scenes of a few shapes in a row, with exact descriptions and multi-hop questions.
+
+Why: SDRT's premise is that a model answers better in two steps (describe, then answer) than in
+one. Scenes make that measurable offline. Their exact text description is what a good step-1
+analysis should contain, and multi-hop questions (the colour of the shape left of the triangle)
+need that analysis, while single-hop ones (the colour of the triangle) mostly do not.
+
+Everything is seeded: scene ``i`` of seed ``s`` depends only on ``(s, i)``, so the same seed
+gives identical records and identical pixels, and a longer run extends a shorter one.
+Vocabulary (shapes, colours) is easy-vqa's, so a model aligned on easy-vqa knows the words.
+Every answer is computed from the scene's objects by construction and is one lower-case word
+or a digit; a question is only asked when its answer is unique and well defined.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+from PIL import Image, ImageDraw
+
+from sdrt.data.records import DataError, VQARecord
+
+SHAPES = ("circle", "rectangle", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 25, 25),
+    "green": (20, 160, 40),
+    "blue": (25, 60, 230),
+    "yellow": (240, 200, 0),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "teal": (0, 128, 128),
+    "brown": (130, 70, 20),
+}
+SIZES = ("small", "large")
+SCENE_KINDS = ("describe", "single-hop", "multi-hop")
+MIN_SHAPES, MAX_SHAPES = 2, 4
+DESCRIBE_QUESTION = "Describe the image."
+
+# Extents as fractions of the image width: one slot of a full row is 1/MAX_SHAPES = 0.25 wide.
+LARGE_EXTENT, SMALL_EXTENT = 0.23, 0.11
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    position: int  # 0 is the leftmost
+    y: float  # vertical centre, as a fraction of the image height
+
+    @property
+    def phrase(self) -> str:
+        return f"a {self.size} {self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """2-4 shapes in a row, left to right, on a plain light background."""
+
+    seed: int
+    index: int
+    objects: tuple[SceneObject, ...]
+    background: tuple[int, int, int]
+
+    @property
+    def id(self) -> str:
+        return f"scenes/{self.seed}/{self.index}"
+
+    @property
+    def description(self) -> str:
+        return "From left to right: " + ", ".join(obj.phrase for obj in self.objects) + "."
+
+    def image(self, size: int = 128) -> Image.Image:
+        """The scene drawn at ``size`` x ``size`` pixels; no randomness, so pixels are reproducible."""
+        img = Image.new("RGB", (size, size), self.background)
+        draw = ImageDraw.Draw(img)
+        slot = size / len(self.objects)
+        for obj in self.objects:
+            centre = ((obj.position + 0.5) * slot, obj.y * size)
+            extent = (LARGE_EXTENT if obj.size == "large" else SMALL_EXTENT) * size
+            _draw_shape(draw, obj.shape, centre, extent, COLOURS[obj.colour])
+        return img
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    centre: tuple[float, float],
+    extent: float,
+    rgb: tuple[int, int, int],
+) -> None:
+    x, y, half = centre[0], centre[1], extent / 2
+    if shape == "circle":
+        draw.ellipse((x - half, y - half, x + half, y + half), fill=rgb)
+    elif shape == "rectangle":
+        draw.rectangle((x - half, y - 0.7 * half, x + half, y + 0.7 * half), fill=rgb)
+    else:
+        draw.polygon(((x, y - half), (x - half, y + half), (x + half, y + half)), fill=rgb)
+
+
+def make_scenes(n: int, seed: int) -> list[Scene]:
+    """``n`` scenes of ``seed``; scene ``i`` is the same whatever ``n`` is."""
+    if n < 0:
+        raise DataError(f"number of scenes must be >= 0, got {n}")
+    return [_make_scene(seed, index) for index in range(n)]
+
+
+def _make_scene(seed: int, index: int) -> Scene:
+    rng = random.Random(f"sdrt-scene/{seed}/{index}")  # str seeds hash the same in every process
+    count = rng.randint(MIN_SHAPES, MAX_SHAPES)
+    objects = tuple(
+        SceneObject(
+            shape=rng.choice(SHAPES),
+            colour=rng.choice(list(COLOURS)),
+            size=rng.choice(SIZES),
+            position=position,
+            y=round(rng.uniform(0.3, 0.7), 3),
+        )
+        for position in range(count)
+    )
+    background = tuple(rng.randint(232, 255) for _ in range(3))
+    return Scene(seed, index, objects, background)  # type: ignore[arg-type]
+
+
+# --- questions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SceneQuestion:
+    question: str
+    answer: str
+    question_type: str
+    hops: int
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A phrase that picks out exactly one object of a scene ("the circle", "the red object")."""
+
+    phrase: str
+    target: SceneObject
+
+
+class _View:
+    """Lookups over one scene's objects that the question makers share."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.objects = scene.objects
+        self.shape_counts = Counter(obj.shape for obj in self.objects)
+        self.colour_counts = Counter(obj.colour for obj in self.objects)
+        self.pair_counts = Counter((obj.colour, obj.shape) for obj in self.objects)
+
+    @cached_property
+    def references(self) -> list[Reference]:
+        refs = []
+        for obj in self.objects:
+            if self.shape_counts[obj.shape] == 1:
+                refs.append(Reference(f"the {obj.shape}", obj))
+            if self.colour_counts[obj.colour] == 1:
+                refs.append(Reference(f"the {obj.colour} object", obj))
+            if self.pair_counts[(obj.colour, obj.shape)] == 1 and self.shape_counts[obj.shape] > 1:
+                refs.append(Reference(f"the {obj.colour} {obj.shape}", obj))
+        return refs
+
+    def colour_refs(self) -> list[Reference]:
+        """References by colour alone ("the red object")."""
+        return [ref for ref in self.references if ref.phrase == f"the {ref.target.colour} object"]
+
+    def shape_refs(self) -> list[Reference]:
+        """References by shape alone ("the circle"): they do not give a colour away."""
+        return [ref for ref in self.references if ref.phrase == f"the {ref.target.shape}"]
+
+    def beside(self, obj: SceneObject, direction: str) -> SceneObject | None:
+        position = obj.position + (-1 if direction == "left" else 1)
+        return self.objects[position] if 0 <= position < len(self.objects) else None
+
+    def neighbours(self, obj: SceneObject) -> list[SceneObject]:
+        return [other for d in ("left", "right") if (other := self.beside(obj, d)) is not None]
+
+    def extreme(self, size: str, end: str) -> SceneObject | None:
+        """The leftmost (or rightmost) object of ``size``."""
+        matching = [obj for obj in self.objects if obj.size == size]
+        if not matching:
+            return None
+        return matching[0] if end == "leftmost" else matching[-1]
+
+
+QuestionMaker = Callable[[_View, random.Random], SceneQuestion | None]
+
+
+def _yes_no(rng: random.Random, yes_options: list, no_options: list) -> tuple[bool, object] | None:
+    """Pick a yes or a no case with equal odds when both exist, so answers stay balanced."""
+    want_yes = rng.random() < 0.5
+    options = yes_options if want_yes else no_options
+    if not options:
+        want_yes, options = not want_yes, no_options if want_yes else yes_options
+    if not options:
+        return None
+    return want_yes, rng.choice(options)
+
+
+def _answer(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+# Single-hop: one lookup or one filter.
+
+
+def _colour_of_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
+    refs = view.shape_refs()
+    if not refs:
+        return None
+    ref = rng.choice(refs)
+    return SceneQuestion(f"What color is {ref.phrase}?", ref.target.colour, "colour_of_shape", 1)
+
+
+def _shape_of_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    refs = view.colour_refs()
+    if not refs:
+        return None
+    ref = rng.choice(refs)
+    return SceneQuestion(f"What shape is {ref.phrase}?", ref.target.shape, "shape_of_colour", 1)
+
+
+def _size_of_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    refs = view.colour_refs()
+    if not refs:
+        return None
+    ref = rng.choice(refs)
+    return SceneQuestion(f"What size is {ref.phrase}?", ref.target.size, "size_of_colour", 1)
+
+
+def _count_all(view: _View, rng: random.Random) -> SceneQuestion | None:
+    return SceneQuestion("How many shapes are there?", str(len(view.objects)), "count_all", 1)
+
+
+def _count_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
+    shape = rng.choice(SHAPES)
+    return SceneQuestion(f"How many {shape}s are there?", str(view.shape_counts[shape]), "count_shape", 1)
+
+
+def _count_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    colour = rng.choice(sorted(view.colour_counts) + [rng.choice(list(COLOURS))])
+    answer = str(view.colour_counts[colour])
+    return SceneQuestion(f"How many {colour} shapes are there?", answer, "count_colour", 1)
+
+
+def _exists_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
+    present = sorted(view.shape_counts)
+    picked = _yes_no(rng, present, [s for s in SHAPES if s not in present])
+    if picked is None:
+        return None
+    flag, shape = picked
+    return SceneQuestion(f"Is there a {shape}?", _answer(flag), "exists_shape", 1)
+
+
+def _exists_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    present = sorted(view.colour_counts)
+    picked = _yes_no(rng, present, [c for c in COLOURS if c not in present])
+    if picked is None:
+        return None
+    flag, colour = picked
+    return SceneQuestion(f"Is there a {colour} shape?", _answer(flag), "exists_colour", 1)
+
+
+def _colour_at_end(view: _View, rng: random.Random) -> SceneQuestion | None:
+    end = rng.choice(("leftmost", "rightmost"))
+    obj = view.objects[0] if end == "leftmost" else view.objects[-1]
+    return SceneQuestion(f"What color is the {end} shape?", obj.colour, "colour_at_end", 1)
+
+
+def _shape_at_end(view: _View, rng: random.Random) -> SceneQuestion | None:
+    end = rng.choice(("leftmost", "rightmost"))
+    obj = view.objects[0] if end == "leftmost" else view.objects[-1]
+    return SceneQuestion(f"What shape is the {end} object?", obj.shape, "shape_at_end", 1)
+
+
+# Multi-hop: resolve a reference, then follow a relation or compare, then read an attribute.
+
+
+def _colour_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [
+        (ref, d, other)
+        for ref in view.references
+        for d in ("left", "right")
+        if (other := view.beside(ref.target, d)) is not None
+    ]
+    if not cases:
+        return None
+    ref, direction, other = rng.choice(cases)
+    text = f"What color is the shape directly to the {direction} of {ref.phrase}?"
+    return SceneQuestion(text, other.colour, "colour_beside", 2)
+
+
+def _shape_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [
+        (ref, d, other)
+        for ref in view.references
+        for d in ("left", "right")
+        if (other := view.beside(ref.target, d)) is not None
+    ]
+    if not cases:
+        return None
+    ref, direction, other = rng.choice(cases)
+    text = f"What shape is directly to the {direction} of {ref.phrase}?"
+    return SceneQuestion(text, other.shape, "shape_beside", 2)
+
+
+def _shape_next_to(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [ref for ref in view.references if len({n.shape for n in view.neighbours(ref.target)}) == 1]
+    if not cases:
+        return None
+    ref = rng.choice(cases)
+    shape = view.neighbours(ref.target)[0].shape
+    return SceneQuestion(f"What shape is next to {ref.phrase}?", shape, "shape_next_to", 2)
+
+
+def _count_larger_than(view: _View, rng: random.Random) -> SceneQuestion | None:
+    if not view.references:
+        return None
+    ref = rng.choice(view.references)
+    larger = 0 if ref.target.size == "large" else sum(obj.size == "large" for obj in view.objects)
+    return SceneQuestion(
+        f"How many shapes are larger than {ref.phrase}?", str(larger), "count_larger_than", 2
+    )
+
+
+def _largest_is_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
+    large = [obj for obj in view.objects if obj.size == "large"]
+    if len(large) != 1 or len(view.objects) < 2:
+        return None
+    actual = large[0].shape
+    picked = _yes_no(rng, [actual], [s for s in SHAPES if s != actual])
+    if picked is None:
+        return None
+    flag, shape = picked
+    return SceneQuestion(f"Is the largest shape a {shape}?", _answer(flag), "largest_is_shape", 2)
+
+
+def _colour_of_extreme(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [
+        (end, size, obj)
+        for end in ("leftmost", "rightmost")
+        for size in SIZES
+        if sum(o.size == size for o in view.objects) >= 2 and (obj := view.extreme(size, end)) is not None
+    ]
+    if not cases:
+        return None
+    end, size, obj = rng.choice(cases)
+    return SceneQuestion(f"What color is the {end} {size} shape?", obj.colour, "colour_of_extreme", 2)
+
+
+def _colour_between(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [
+        (a, b) for a in view.references for b in view.references if b.target.position - a.target.position == 2
+    ]
+    if not cases:
+        return None
+    a, b = rng.choice(cases)
+    if rng.random() < 0.5:
+        a, b = b, a  # "between x and y" reads either way round
+    middle = view.objects[(a.target.position + b.target.position) // 2]
+    text = f"What color is the shape between {a.phrase} and {b.phrase}?"
+    return SceneQuestion(text, middle.colour, "colour_between", 2)
+
+
+def _same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    refs = view.shape_refs()
+    pairs = [(a, b) for a in refs for b in refs if a.target.position < b.target.position]
+    same = [(a, b) for a, b in pairs if a.target.colour == b.target.colour]
+    picked = _yes_no(rng, same, [p for p in pairs if p not in same])
+    if picked is None:
+        return None
+    flag, (a, b) = picked  # type: ignore[misc]
+    return SceneQuestion(f"Are {a.phrase} and {b.phrase} the same color?", _answer(flag), "same_colour", 2)
+
+
+def _count_same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    refs = view.shape_refs()
+    if not refs:
+        return None
+    ref = rng.choice(refs)
+    others = sum(obj.colour == ref.target.colour and obj is not ref.target for obj in view.objects)
+    text = f"How many other shapes have the same color as {ref.phrase}?"
+    return SceneQuestion(text, str(others), "count_same_colour", 2)
+
+
+def _exists_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
+    if not view.references:
+        return None
+    ref = rng.choice(view.references)
+    direction = rng.choice(("left", "right"))
+    side = (
+        view.objects[: ref.target.position]
+        if direction == "left"
+        else view.objects[ref.target.position + 1 :]
+    )
+    present = sorted({obj.shape for obj in side})
+    picked = _yes_no(rng, present, [s for s in SHAPES if s not in present])
+    if picked is None:
+        return None
+    flag, shape = picked
+    text = f"Is there a {shape} anywhere to the {direction} of {ref.phrase}?"
+    return SceneQuestion(text, _answer(flag), "exists_beside", 2)
+
+
+def _shape_beside_extreme(view: _View, rng: random.Random) -> SceneQuestion | None:
+    cases = [
+        (end, size, d, other)
+        for end in ("leftmost", "rightmost")
+        for size in SIZES
+        for d in ("left", "right")
+        if (obj := view.extreme(size, end)) is not None and (other := view.beside(obj, d)) is not None
+    ]
+    if not cases:
+        return None
+    end, size, direction, other = rng.choice(cases)
+    text = f"What shape is directly to the {direction} of the {end} {size} shape?"
+    return SceneQuestion(text, other.shape, "shape_beside_extreme", 3)
+
+
+SINGLE_HOP_MAKERS: tuple[QuestionMaker, ...] = (
+    _colour_of_shape,
+    _shape_of_colour,
+    _size_of_colour,
+    _count_all,
+    _count_shape,
+    _count_colour,
+    _exists_shape,
+    _exists_colour,
+    _colour_at_end,
+    _shape_at_end,
+)
+MULTI_HOP_MAKERS: tuple[QuestionMaker, ...] = (
+    _colour_beside,
+    _shape_beside,
+    _shape_next_to,
+    _count_larger_than,
+    _largest_is_shape,
+    _colour_of_extreme,
+    _colour_between,
+    _same_colour,
+    _count_same_colour,
+    _exists_beside,
+    _shape_beside_extreme,
+)
+
+
+def scene_questions(scene: Scene, kind: str, count: int) -> list[SceneQuestion]:
+    """Up to ``count`` questions of one kind, each of a different type, chosen with the scene's seed."""
+    makers = {"single-hop": SINGLE_HOP_MAKERS, "multi-hop": MULTI_HOP_MAKERS}[kind]
+    rng = random.Random(f"sdrt-questions/{scene.seed}/{scene.index}/{kind}")
+    view = _View(scene)
+    order = list(makers)
+    rng.shuffle(order)
+    questions: list[SceneQuestion] = []
+    for make in order:
+        if len(questions) == count:
+            break
+        question = make(view, rng)
+        if question is not None:
+            questions.append(question)
+    return questions
+
+
+def scene_records(
+    scenes: Iterable[Scene], *, kinds: set[str], per_scene: int = 3, image_size: int = 128
+) -> list[VQARecord]:
+    """Records of the chosen kinds: "describe" (hops 0), "single-hop" (1), "multi-hop" (2-3).
+
+    Question numbers within a scene do not depend on ``kinds`` (0 is the description, then
+    ``per_scene`` single-hop slots, then multi-hop), so an id names the same question in every
+    selection.
+    """
+    unknown = set(kinds) - set(SCENE_KINDS)
+    if unknown:
+        raise DataError(f"unknown scene question kind(s) {sorted(unknown)}; known: {SCENE_KINDS}")
+    records: list[VQARecord] = []
+    for scene in scenes:
+        image = scene.image(image_size)
+        for number, kind, question in _numbered_questions(scene, kinds, per_scene):
+            records.append(
+                VQARecord(
+                    id=f"{scene.id}/{number}",
+                    question=question.question,
+                    answers=[question.answer],
+                    image=image,
+                    task_type="scene",
+                    metadata={
+                        "scene_id": scene.id,
+                        "hops": question.hops,
+                        "question_type": question.question_type,
+                        "description": scene.description,
+                        "kind": kind,
+                    },
+                )
+            )
+    return records
+
+
+def _numbered_questions(
+    scene: Scene, kinds: set[str], per_scene: int
+) -> Iterable[tuple[int, str, SceneQuestion]]:
+    if "describe" in kinds:
+        yield 0, "describe", SceneQuestion(DESCRIBE_QUESTION, scene.description, "describe", 0)
+    for offset, kind in ((1, "single-hop"), (1 + per_scene, "multi-hop")):
+        if kind in kinds:
+            for i, question in enumerate(scene_questions(scene, kind, per_scene)):
+                yield offset + i, kind, question
