@@ -1,0 +1,86 @@
+"""Which positions an intervention edits, read from a ``TokenLayout``.
+
+A spec is a short string, so that configs stay plain data:
+
+* ``"answer"``: every answer position (teacher-forced answer tokens in ``score``, the newly
+  generated token in each KV-cached decode step);
+* ``"last_prompt:N"``: the last ``N`` prompt positions of each row (none in a decode step);
+* ``"all_text"``: every real token that is not an image token (prompt text and answer).
+
+A list of specs edits the union. Every mask comes from the layout, which already accounts for
+left padding, so a row edits the same tokens whether it runs alone or inside a padded batch.
+Edits at the same positions in ``score`` and in ``generate`` keep training and inference alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sdrt.models.base import TokenLayout
+
+KINDS = ("answer", "last_prompt", "all_text")
+
+
+@dataclass(frozen=True)
+class PositionSpec:
+    """A parsed spec: ``kind`` is one of ``KINDS``; ``count`` is N for ``last_prompt``."""
+
+    kind: str
+    count: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}" if self.kind == "last_prompt" else self.kind
+
+
+def parse_position_spec(spec: str) -> PositionSpec:
+    """Parse one spec string; raise ``ValueError`` naming the accepted forms."""
+    text = spec.strip()
+    if text in ("answer", "all_text"):
+        return PositionSpec(text)
+    kind, sep, count = text.partition(":")
+    if kind == "last_prompt" and sep and count.isdigit() and int(count) > 0:
+        return PositionSpec("last_prompt", int(count))
+    raise ValueError(
+        f"bad position spec {spec!r}: expected 'answer', 'all_text' or 'last_prompt:N' with N >= 1"
+    )
+
+
+def parse_position_specs(specs: str | Sequence[str]) -> list[PositionSpec]:
+    """Parse a spec or a list of specs; gather every bad one into one ``ValueError``."""
+    items = [specs] if isinstance(specs, str) else list(specs)
+    parsed: list[PositionSpec] = []
+    problems: list[str] = []
+    for item in items:
+        try:
+            parsed.append(parse_position_spec(item))
+        except ValueError as err:
+            problems.append(str(err))
+    if not items:
+        problems.append("no position spec given")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return parsed
+
+
+def _one_mask(spec: PositionSpec, layout: TokenLayout) -> torch.Tensor:
+    real = layout.attention_mask.bool()  # (B, L)
+    if spec.kind == "answer":
+        return layout.answer_mask.bool() & real
+    if spec.kind == "all_text":
+        return real & ~layout.image_mask.bool()
+    return layout.last_prompt_positions(spec.count).bool()
+
+
+def position_mask(
+    spec: str | PositionSpec | Sequence[str | PositionSpec], layout: TokenLayout
+) -> torch.Tensor:
+    """(B, L) bool mask of the positions selected by ``spec`` (a union if several)."""
+    items = [spec] if isinstance(spec, str | PositionSpec) else list(spec)
+    parsed = [item if isinstance(item, PositionSpec) else parse_position_spec(item) for item in items]
+    mask = torch.zeros_like(layout.attention_mask, dtype=torch.bool)  # (B, L)
+    for one in parsed:
+        mask |= _one_mask(one, layout)
+    return mask
