@@ -119,6 +119,84 @@ def align(
     print(path)
 
 
+@app.command()
+def distill(
+    model: ModelOpt = "embedded",
+    traces: Annotated[Path, typer.Option(help="trace folder written by `sdrt traces`")] = Path("runs/traces"),
+    out: Annotated[Path, typer.Option(help="adapter folder (checkpoints go inside; resumable)")] = Path(
+        "runs/adapter"
+    ),
+    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig; flags override it")] = None,
+    steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
+    cache_teacher: Annotated[bool | None, typer.Option(help="cache teacher targets on disk")] = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train SDRT adapters so that one direct pass matches the K reasoning teachers."""
+    from sdrt.distill.config import DistillConfig
+    from sdrt.distill.run import distill_with_progress
+
+    cfg = load_config(
+        DistillConfig,
+        config,
+        model=model,
+        traces=traces,
+        out=out,
+        steps=steps,
+        cache_teacher=cache_teacher,
+        device=device,
+    )
+    result = distill_with_progress(cfg)
+    print(result.adapter_dir)
+
+
+@app.command(name="eval")
+def evaluate(
+    model: ModelOpt = "embedded",
+    benchmark: Annotated[list[str] | None, typer.Option(help="benchmark name (repeatable)")] = None,
+    mode: Annotated[
+        list[str] | None, typer.Option(help="direct | dual:<id> | ensemble | adapter (repeatable)")
+    ] = None,
+    adapter: Annotated[Path | None, typer.Option(help="SDRT adapter folder for mode 'adapter'")] = None,
+    data_dir: Annotated[Path, typer.Option(help="folder holding the published benchmarks")] = Path("data"),
+    limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
+    seed: Annotated[int, typer.Option(help="sampling and bootstrap seed")] = 0,
+    k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
+    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
+    out: Annotated[Path, typer.Option(help="results JSON (per-item predictions included)")] = Path(
+        "runs/results.json"
+    ),
+    skip_bad: SkipBadOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Score modes on benchmarks with the community metrics, each beside its cost per answer."""
+    from sdrt.evaluation.run import run_evaluation
+
+    run_evaluation(
+        model,
+        benchmark or ["easy-vqa"],
+        mode or ["direct"],
+        adapter=adapter,
+        data_dir=data_dir,
+        limit=limit,
+        seed=seed,
+        k=k,
+        batch_size=batch_size,
+        out=out,
+        skip_bad=skip_bad,
+        device=device,
+    )
+
+
+@app.command()
+def benchmarks(
+    data_dir: Annotated[Path, typer.Option(help="folder holding the published benchmarks")] = Path("data"),
+) -> None:
+    """List the benchmarks, their metric and whether their data is present."""
+    from sdrt.evaluation.run import print_benchmarks
+
+    print_benchmarks(data_dir)
+
+
 def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | None]:
     if value is None:
         return None, None

@@ -311,6 +311,7 @@ def run_distillation(
     config: DistillConfig,
     model: VisionLanguageModel | None = None,
     on_step: Callable[[StepLog], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> DistillResult:
     """Train, checkpoint, and save the adapter folder; resumes from ``out/checkpoints``."""
     from sdrt.models import load_model
@@ -334,6 +335,8 @@ def run_distillation(
     examples = load_distill_examples(config.traces, min_agreement=config.min_agreement)
     trainer = DistillTrainer(config, model, examples, library)
     resumed = trainer.resume()
+    if on_start and resumed:
+        on_start(resumed)
     with trainer.adapter.attached(model):
         while trainer.step < config.steps:
             entry = trainer.train_step()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sdrt.data.records import VQARecord
 from sdrt.models.base import EncodedImage, Generation, VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt, direct_prompt
-from sdrt.reasoning.ensemble import ENSEMBLE_STRATEGIES, Candidate, EnsembleResult
+from sdrt.reasoning.ensemble import Candidate, EnsembleResult, get_strategy
 from sdrt.reasoning.extract import extract_short_answer
 
 
@@ -81,7 +81,7 @@ def answer_dual_query(
     """Both steps of every prompt for every example; K > 1 prompts are ensembled."""
     if not prompts:
         raise ValueError("dual-query answering needs at least one prompt")
-    vote = ENSEMBLE_STRATEGIES[strategy]
+    vote = get_strategy(strategy)
     rows = [(b, p) for b in range(len(records)) for p in prompts]  # example-major, prompt order kept
     row_images = [images[b] for b, _ in rows]
 

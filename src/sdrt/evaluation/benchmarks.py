@@ -1,0 +1,129 @@
+"""The benchmark registry: each benchmark is data (where, which split, which metric), not code.
+
+Published benchmarks are read from local copies under ``--data-dir`` in the layout they are
+published in (see ``sdrt.data.published``); ``easy-vqa`` and ``scenes`` are built in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from sdrt.data import load_records
+from sdrt.data.records import DataError, VQARecord
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    metric: str  # a key of sdrt.evaluation.metrics.METRICS
+    task_type: str
+    split: str  # the split scores are reported on
+    description: str
+    layout: str | None = None  # published layout; None for built-in data
+    folder: str | None = None  # sub-folder of --data-dir holding the files
+
+    @property
+    def builtin(self) -> bool:
+        return self.layout is None
+
+    def data_path(self, data_dir: str | Path) -> Path | None:
+        return None if self.builtin else Path(data_dir) / (self.folder or self.name)
+
+    def is_available(self, data_dir: str | Path) -> bool:
+        path = self.data_path(data_dir)
+        return path is None or path.exists()
+
+    def load(
+        self,
+        data_dir: str | Path = "data",
+        *,
+        split: str | None = None,
+        limit: int | None = None,
+        seed: int = 0,
+        skip_bad: bool = False,
+    ) -> list[VQARecord]:
+        path = self.data_path(data_dir)
+        if path is None:
+            return load_records(
+                self.name, split=split or self.split, limit=limit, seed=seed, skip_bad=skip_bad
+            )
+        if not path.exists():
+            raise DataError(
+                f"benchmark {self.name}: no data at {path}; put the published {self.layout} files "
+                "(Parquet shards) there or pass --data-dir"
+            )
+        return load_records(
+            str(path),
+            split=split or self.split,
+            limit=limit,
+            seed=seed,
+            skip_bad=skip_bad,
+            layout=self.layout,
+        )
+
+
+BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
+    {
+        b.name: b
+        for b in (
+            Benchmark(
+                "docvqa",
+                "anls",
+                "document",
+                "validation",
+                "DocVQA: questions on scanned documents",
+                layout="docvqa",
+            ),
+            Benchmark(
+                "infovqa",
+                "anls",
+                "document",
+                "validation",
+                "InfographicVQA: questions on infographics",
+                layout="infovqa",
+            ),
+            Benchmark(
+                "chartqa",
+                "relaxed_accuracy",
+                "chart",
+                "test",
+                "ChartQA: questions on charts",
+                layout="chartqa",
+            ),
+            Benchmark(
+                "textvqa",
+                "vqa_accuracy",
+                "text-in-image",
+                "validation",
+                "TextVQA: questions that need reading text in photos",
+                layout="textvqa",
+            ),
+            Benchmark(
+                "scienceqa",
+                "multiple_choice_accuracy",
+                "multiple-choice",
+                "test",
+                "ScienceQA (image subset): multiple-choice science questions",
+                layout="scienceqa",
+            ),
+            Benchmark("easy-vqa", "exact_match", "scene", "test", "easy-vqa: shapes and colours (built in)"),
+            Benchmark(
+                "scenes",
+                "exact_match",
+                "scene",
+                "test",
+                "generated multi-hop scenes with exact answers (built in)",
+            ),
+        )
+    }
+)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}") from None

@@ -1,0 +1,213 @@
+"""``sdrt eval``: every (benchmark, mode) pair on the same seeded examples, scored with its cost.
+
+Per item we keep the prediction, its score and what it cost (generated tokens, model calls,
+seconds); aggregation (mean, bootstrap interval, paired differences) happens afterwards, so
+the saved items can be re-scored or compared later without running a model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sdrt.data.records import VQARecord
+from sdrt.evaluation.benchmarks import Benchmark
+from sdrt.evaluation.metrics import score
+from sdrt.evaluation.stats import bootstrap_ci, paired_difference
+from sdrt.models.base import VisionLanguageModel
+from sdrt.progress import progress_bar
+from sdrt.prompts.library import PromptLibrary
+from sdrt.reasoning.modes import GenerationBudget, answer_with_mode, parse_mode
+
+
+@dataclass
+class ItemResult:
+    benchmark: str
+    mode: str
+    record_id: str
+    question: str
+    prediction: str
+    raw_prediction: str
+    references: list[str]
+    score: float
+    generated_tokens: int
+    model_calls: int
+    seconds: float
+
+
+@dataclass
+class ModeSummary:
+    benchmark: str
+    mode: str
+    metric: str
+    n: int
+    score: float
+    ci_low: float
+    ci_high: float
+    tokens_per_answer: float
+    calls_per_answer: float
+    seconds_per_answer: float
+
+
+@dataclass
+class Comparison:
+    benchmark: str
+    mode: str
+    baseline: str
+    n: int
+    difference: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class EvalResults:
+    summaries: list[ModeSummary] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    items: list[ItemResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "summaries": [asdict(s) for s in self.summaries],
+            "comparisons": [asdict(c) for c in self.comparisons],
+            "items": [asdict(i) for i in self.items],
+        }
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1))
+
+
+def evaluate_mode(
+    model: VisionLanguageModel,
+    benchmark: Benchmark,
+    records: Sequence[VQARecord],
+    mode: str,
+    library: PromptLibrary,
+    *,
+    k: int = 3,
+    batch_size: int = 8,
+    budget: GenerationBudget = GenerationBudget(),
+    strategy: str = "majority",
+    on_progress: Callable[[int], None] | None = None,
+) -> list[ItemResult]:
+    ensemble_prompts = library.select(task_type=benchmark.task_type, k=k)
+    items: list[ItemResult] = []
+    for start in range(0, len(records), batch_size):
+        batch = list(records[start : start + batch_size])
+        began = time.perf_counter()
+        images = model.encode_images([r.load_image() for r in batch])
+        answers = answer_with_mode(
+            model, batch, images, mode, ensemble_prompts, library.get, budget, strategy
+        )
+        seconds = (time.perf_counter() - began) / len(batch)
+        for record, answer in zip(batch, answers, strict=True):
+            items.append(
+                ItemResult(
+                    benchmark=benchmark.name,
+                    mode=mode,
+                    record_id=record.id,
+                    question=record.question,
+                    prediction=answer.answer,
+                    raw_prediction=answer.raw_answer,
+                    references=list(record.answers),
+                    score=score(benchmark.metric, answer.answer, record),
+                    generated_tokens=answer.generated_tokens,
+                    model_calls=answer.model_calls,
+                    seconds=seconds,
+                )
+            )
+        if on_progress:
+            on_progress(len(batch))
+    return items
+
+
+def summarise(benchmark: Benchmark, mode: str, items: Sequence[ItemResult], seed: int = 0) -> ModeSummary:
+    scores = [i.score for i in items]
+    mean, low, high = bootstrap_ci(scores, seed=seed) if scores else (0.0, 0.0, 0.0)
+    n = max(len(items), 1)
+    return ModeSummary(
+        benchmark=benchmark.name,
+        mode=mode,
+        metric=benchmark.metric,
+        n=len(items),
+        score=mean,
+        ci_low=low,
+        ci_high=high,
+        tokens_per_answer=sum(i.generated_tokens for i in items) / n,
+        calls_per_answer=sum(i.model_calls for i in items) / n,
+        seconds_per_answer=sum(i.seconds for i in items) / n,
+    )
+
+
+def compare(
+    benchmark: str,
+    mode: str,
+    baseline: str,
+    items: Sequence[ItemResult],
+    reference: Sequence[ItemResult],
+    seed: int = 0,
+) -> Comparison:
+    """Paired difference mode − baseline on the same examples (matched by record id)."""
+    base = {i.record_id: i.score for i in reference}
+    pairs = [(i.score, base[i.record_id]) for i in items if i.record_id in base]
+    diff, low, high = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+    return Comparison(benchmark, mode, baseline, len(pairs), diff, low, high)
+
+
+def evaluate(
+    model: VisionLanguageModel,
+    benchmarks: Sequence[Benchmark],
+    modes: Sequence[str],
+    library: PromptLibrary,
+    *,
+    data_dir: str | Path = "data",
+    limit: int | None = None,
+    seed: int = 0,
+    k: int = 3,
+    batch_size: int = 8,
+    budget: GenerationBudget = GenerationBudget(),
+    strategy: str = "majority",
+    adapter=None,
+    skip_bad: bool = False,
+) -> EvalResults:
+    """Score each mode on the same seeded examples of each benchmark; compare modes to the first."""
+    for mode in modes:
+        if parse_mode(mode)[0] == "adapter" and adapter is None:
+            raise ValueError("mode 'adapter' needs an adapter (--adapter DIR)")
+    results = EvalResults()
+    for benchmark in benchmarks:
+        records = benchmark.load(data_dir, limit=limit, seed=seed, skip_bad=skip_bad)
+        by_mode: dict[str, list[ItemResult]] = {}
+        for mode in modes:
+            use_adapter = adapter is not None and parse_mode(mode)[0] == "adapter"
+            with (
+                adapter.attached(model) if use_adapter else nullcontext(),
+                progress_bar(len(records), f"{benchmark.name} / {mode}", unit="ans") as advance,
+            ):
+                items = evaluate_mode(
+                    model,
+                    benchmark,
+                    records,
+                    mode,
+                    library,
+                    k=k,
+                    batch_size=batch_size,
+                    budget=budget,
+                    strategy=strategy,
+                    on_progress=advance,
+                )
+            by_mode[mode] = items
+            results.items.extend(items)
+            results.summaries.append(summarise(benchmark, mode, items, seed))
+        baseline = modes[0]
+        for mode in modes[1:]:
+            results.comparisons.append(
+                compare(benchmark.name, mode, baseline, by_mode[mode], by_mode[baseline], seed)
+            )
+    return results

@@ -1,0 +1,98 @@
+"""``sdrt eval`` and ``sdrt benchmarks``: load, evaluate, print tables, save results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from sdrt.evaluation.benchmarks import BENCHMARKS, get_benchmark
+from sdrt.evaluation.evaluate import EvalResults, evaluate
+from sdrt.models import load_model
+from sdrt.progress import console
+from sdrt.prompts.library import PromptLibrary
+
+
+def run_evaluation(
+    model_name: str,
+    benchmark_names: Sequence[str],
+    modes: Sequence[str],
+    *,
+    adapter: Path | None = None,
+    data_dir: Path = Path("data"),
+    limit: int | None = None,
+    seed: int = 0,
+    k: int = 3,
+    batch_size: int = 8,
+    out: Path = Path("runs/results.json"),
+    skip_bad: bool = False,
+    device: str = "cpu",
+) -> EvalResults:
+    chosen = [get_benchmark(name) for name in benchmark_names]  # unknown names fail before loading
+    library = PromptLibrary.load()
+    model = load_model(model_name, device=device)
+    loaded_adapter = None
+    if adapter is not None:
+        from sdrt.adapters.files import load_adapter
+
+        loaded_adapter = load_adapter(adapter, model)
+    results = evaluate(
+        model,
+        chosen,
+        modes,
+        library,
+        data_dir=data_dir,
+        limit=limit,
+        seed=seed,
+        k=k,
+        batch_size=batch_size,
+        adapter=loaded_adapter,
+        skip_bad=skip_bad,
+    )
+    results.save(out)
+    write_predictions(results, out.with_suffix(".predictions.jsonl"))
+    console.print(results_table(results))
+    for c in results.comparisons:
+        console.print(
+            f"{c.benchmark}: {c.mode} - {c.baseline} = {c.difference:+.4f} "
+            f"(95% CI {c.ci_low:+.4f} .. {c.ci_high:+.4f}, n={c.n})"
+        )
+    console.print(f"results: {out}")
+    return results
+
+
+def write_predictions(results: EvalResults, path: Path) -> None:
+    with path.open("w") as handle:
+        for item in results.to_json()["items"]:
+            handle.write(json.dumps(item) + "\n")
+
+
+def results_table(results: EvalResults) -> Table:
+    table = Table(title="sdrt eval")
+    for column in ("benchmark", "mode", "metric", "n", "score", "95% CI", "tokens/ans", "calls/ans", "s/ans"):
+        table.add_column(column, justify="right" if column not in ("benchmark", "mode", "metric") else "left")
+    for s in results.summaries:
+        table.add_row(
+            s.benchmark,
+            s.mode,
+            s.metric,
+            str(s.n),
+            f"{s.score:.4f}",
+            f"{s.ci_low:.3f}-{s.ci_high:.3f}",
+            f"{s.tokens_per_answer:.1f}",
+            f"{s.calls_per_answer:.1f}",
+            f"{s.seconds_per_answer:.3f}",
+        )
+    return table
+
+
+def print_benchmarks(data_dir: Path) -> None:
+    table = Table(title=f"benchmarks (data dir: {data_dir})")
+    for column in ("name", "metric", "task type", "split", "data", "description"):
+        table.add_column(column)
+    for b in BENCHMARKS.values():
+        present = "built in" if b.builtin else ("present" if b.is_available(data_dir) else "missing")
+        table.add_row(b.name, b.metric, b.task_type, b.split, present, b.description)
+    console.print(table)
