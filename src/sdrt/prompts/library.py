@@ -95,8 +95,12 @@ def _clean_question(question: str) -> str:
 
 def template_fields(template: str) -> list[str]:
     """Placeholder names in a template, in order; malformed braces raise ``ValueError``."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"malformed braces ({exc}); write {{{{ and }}}} for literal braces") from None
     names = []
-    for _literal, name, spec, conversion in string.Formatter().parse(template):
+    for _literal, name, spec, conversion in parsed:
         if name is None:
             continue
         if spec or conversion:
@@ -383,6 +387,8 @@ def _describe_error(err: Any) -> str:
         message = "unknown field"
     elif err["type"] == "string_too_short":
         message = "must not be empty"
+    elif err["type"] == "string_pattern_mismatch":
+        message = "must be lower-case letters, digits, '_' or '-' (starting with a letter or digit)"
     return f"{field}: {message}"
 
 
