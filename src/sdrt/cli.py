@@ -197,6 +197,21 @@ def benchmarks(
     print_benchmarks(data_dir)
 
 
+@app.command()
+def demo(
+    eval_examples: Annotated[int, typer.Option(help="held-out questions per benchmark")] = 100,
+    steps: Annotated[int, typer.Option(help="distillation steps")] = 60,
+    work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
+    report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("report"),
+) -> None:
+    """End to end on the embedded model: traces -> distillation -> evaluation -> report."""
+    from sdrt.demo import DemoPlan, run_demo
+
+    run_demo(
+        DemoPlan(eval_examples=eval_examples, distill_steps=steps, work_dir=work_dir, report_dir=report_dir)
+    )
+
+
 def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | None]:
     if value is None:
         return None, None

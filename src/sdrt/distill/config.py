@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sdrt.config import StrictModel
 
@@ -27,7 +27,7 @@ class LossWeights(StrictModel):
 
 class DistillConfig(StrictModel):
     model: str = "embedded"
-    traces: Path = Path("runs/traces")
+    traces: list[Path] = Field(default_factory=lambda: [Path("runs/traces")], min_length=1)
     out: Path = Path("runs/adapter")
 
     # the adapter
@@ -57,6 +57,11 @@ class DistillConfig(StrictModel):
     checkpoint_every: int = Field(default=20, ge=1)
     cache_teacher: bool = False
     device: str = "cpu"
+
+    @field_validator("traces", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str | Path) else value
 
 
 def default_layers(num_layers: int, count: int = 4) -> list[int]:

@@ -37,6 +37,9 @@ class ItemResult:
     generated_tokens: int
     model_calls: int
     seconds: float
+    prompt_answers: dict[str, str] = field(default_factory=dict)  # dual-query modes: each prompt's answer
+    choices: list[str] | None = None
+    answer_index: int | None = None
 
 
 @dataclass
@@ -120,6 +123,9 @@ def evaluate_mode(
                     generated_tokens=answer.generated_tokens,
                     model_calls=answer.model_calls,
                     seconds=seconds,
+                    prompt_answers={t.prompt_id: t.answer for t in answer.traces},
+                    choices=record.choices,
+                    answer_index=record.answer_index,
                 )
             )
         if on_progress:

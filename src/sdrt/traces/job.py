@@ -48,6 +48,7 @@ def run_trace_job(config: TraceConfig) -> TraceRunStats:
             "data": config.data.model_dump(mode="json"),
             "prompt_ids": [p.id for p in prompts],
             "prompt_library_hash": library.content_hash,
+            "prompts_yaml": str(config.prompts_yaml) if config.prompts_yaml else None,
             "strategy": config.strategy,
             "analysis_tokens": config.analysis_tokens,
             "answer_tokens": config.answer_tokens,
