@@ -126,8 +126,10 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     console.print(results_table(results))
     notes = [
         f"model: {plan.model}; K = {plan.k} prompts; traces on {plan.train_easy_vqa} easy-vqa and "
-        f"{plan.train_scenes} scene training questions (no labels used); {plan.distill_steps} distillation steps",
-        "scores: easy-vqa and scenes use exact match; tokens/answer and calls/answer count every generation step",
+        f"{plan.train_scenes} scene training questions (no labels used); "
+        f"{plan.distill_steps} distillation steps",
+        "scores: easy-vqa and scenes use exact match; "
+        "tokens/answer and calls/answer count every generation step",
     ]
     report = write_report(
         results,

@@ -23,8 +23,9 @@ def markdown_table(summaries: Sequence[ModeSummary]) -> str:
     ]
     for s in summaries:
         lines.append(
-            f"| {s.benchmark} | {s.mode} | {s.metric} | {s.n} | {s.score:.3f} | {s.ci_low:.3f}–{s.ci_high:.3f} "
-            f"| {s.tokens_per_answer:.1f} | {s.calls_per_answer:.1f} | {s.seconds_per_answer:.3f} |"
+            f"| {s.benchmark} | {s.mode} | {s.metric} | {s.n} | {s.score:.3f} "
+            f"| {s.ci_low:.3f}–{s.ci_high:.3f} | {s.tokens_per_answer:.1f} | {s.calls_per_answer:.1f} "
+            f"| {s.seconds_per_answer:.3f} |"
         )
     return "\n".join(lines)
 
