@@ -25,8 +25,11 @@ def test_scenes_source_splits_use_different_seeds():
     test_scenes = {r.metadata["description"] for r in test}
     assert train_scenes != test_scenes
     assert all(r.id.startswith(f"scenes/{scene_split_seed('test', 0)}/") for r in test)
-    seeds = {scene_split_seed(split, seed) for split in ("train", "test") for seed in range(50)}
-    assert seeds == set(range(100))  # no seed serves both splits
+    train_seeds = {scene_split_seed("train", seed) for seed in range(50)}
+    test_seeds = {scene_split_seed("test", seed) for seed in range(50)}
+    assert len(train_seeds) == len(test_seeds) == 50 and not train_seeds & test_seeds
+    assert min(test_seeds) > -100 and max(test_seeds) < 0  # never a seed that make_scenes(n, seed>=0) uses
+    assert {r.metadata["kind"] for r in test} == {"single-hop", "multi-hop"}  # short answers only
     assert [r.id for r in test] == [r.id for r in load_records("scenes", split="test", limit=30)]
 
 
@@ -75,3 +78,10 @@ def test_parquet_source_named_or_detected(tmp_path, png_bytes):
 def test_unknown_source(tmp_path):
     with pytest.raises(DataError, match="unknown data source"):
         load_records(str(tmp_path / "nothing-here"))
+
+
+def test_scene_seeds_must_not_reach_into_the_test_split():
+    with pytest.raises(DataError, match="seed must be >= 0"):
+        load_records("scenes", split="train", seed=-1)
+    with pytest.raises(DataError, match="unknown split"):
+        load_records("scenes", split="validation")

@@ -3,8 +3,10 @@
 ``load_records`` is the one entry point the CLI and the pipeline stages use:
 
 * ``"easy-vqa"``: the installed easy-vqa package (splits train/test);
-* ``"scenes"`` or ``"scenes:multi-hop"`` (kinds joined by commas): generated scenes, where
-  train and test come from different seeds;
+* ``"scenes"``: generated scenes' single-hop and multi-hop questions (short exact answers);
+  ``"scenes:multi-hop"``, ``"scenes:describe,single-hop"`` and so on choose the kinds. Train
+  scenes are ``make_scenes(n, seed)``; test scenes use negative seeds, which no caller of
+  ``make_scenes`` with a seed >= 0 (alignment, for one) ever sees;
 * a ``.jsonl`` file in our own format (see ``sdrt.data.jsonl``);
 * a Parquet/Arrow file or folder of a published benchmark (``layout="docvqa"`` and so on, or
   guessed from the columns when not given; see ``sdrt.data.published``).
@@ -65,13 +67,16 @@ logger = logging.getLogger("sdrt.data")
 
 SCENE_SPLITS = ("train", "test")
 DEFAULT_SCENE_COUNT = 200
+DEFAULT_SOURCE_KINDS = {"single-hop", "multi-hop"}  # descriptions are not short-answer questions
 
 
 def scene_split_seed(split: str, seed: int) -> int:
-    """Train and test scenes never share a seed: train uses even seeds, test odd ones."""
+    """Train scenes keep ``seed``; test scenes take ``-1 - seed``, so the splits never share scenes."""
     if split not in SCENE_SPLITS:
         raise DataError(f"scenes: unknown split {split!r}; known: {SCENE_SPLITS}")
-    return 2 * seed + (split == "test")
+    if seed < 0:
+        raise DataError(f"scenes: seed must be >= 0 (negative seeds are the test split's), got {seed}")
+    return seed if split == "train" else -1 - seed
 
 
 def load_records(
@@ -125,9 +130,9 @@ def _dispatch(
 
 
 def _load_scenes(source: str, split: str, limit: int | None, seed: int) -> list[VQARecord]:
-    kinds = set(source.split(":", 1)[1].split(",")) if ":" in source else set(SCENE_KINDS)
-    # Every scene yields at least one record of any kind but multi-hop, so `limit` scenes suffice
-    # for all but the rarest selections; the sample then spreads over scenes.
+    kinds = set(source.split(":", 1)[1].split(",")) if ":" in source else DEFAULT_SOURCE_KINDS
+    # Every scene yields at least one record of each kind (multi-hop: nearly always), so `limit`
+    # scenes give enough records, and the sample then spreads over the scenes.
     count = DEFAULT_SCENE_COUNT if limit is None else max(limit, 1)
     records = scene_records(make_scenes(count, scene_split_seed(split, seed)), kinds=kinds)
     return seeded_subset(records, limit, seed)
