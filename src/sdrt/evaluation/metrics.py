@@ -319,7 +319,7 @@ def _strict_choice(prediction: str, answer_letter: str) -> bool:
         len(prediction) >= 2
         and prediction[0].isupper()
         and prediction[1] == "."
-        and (prediction[0] == answer_letter)
+        and prediction[0] == answer_letter
     )
 
 
