@@ -28,7 +28,9 @@ def test_missing_image_file_names_the_record(tmp_path):
 
 
 def test_corrupt_embedded_bytes_name_the_record():
-    record = VQARecord(id="chart/3", question="what?", image_bytes=b"garbage", image_path="c3.png")
+    record = VQARecord(
+        id="chart/3", question="what?", image_bytes=b"garbage", metadata={"image_name": "c3.png"}
+    )
     with pytest.raises(DataError, match=r"chart/3.*c3\.png"):
         record.load_image()
 

@@ -146,6 +146,7 @@ def test_each_layout_maps_to_records(tmp_path, png_bytes, layout):
         assert record.answers == _expected_answers(layout, table, row)
         assert record.metadata["dataset"] == layout and record.metadata["split"] == "validation"
         assert record.image is None and record.image_bytes  # kept encoded until needed
+        assert record.image_path is None and record.metadata["image_name"] == f"img_{row}.png"
         assert record.load_image().getpixel((1, 1)) == COLOURS[row % len(COLOURS)]
 
 
@@ -246,7 +247,7 @@ def test_corrupt_embedded_image_names_the_record(tmp_path, png_bytes):
         3, "image", pa.array([{"bytes": b"\x89PNG broken", "path": "x.png"}], IMAGE)
     )
     record = read_published(_write(table, tmp_path / "c.parquet"), "chartqa")[0]
-    with pytest.raises(DataError, match=rf"{record.id}.*cannot decode"):
+    with pytest.raises(DataError, match=rf"{record.id}.*cannot decode embedded image \(x\.png\)"):
         record.load_image()
 
 
@@ -260,3 +261,10 @@ def test_unknown_layout(tmp_path, png_bytes):
     path = _write(_chartqa(png_bytes, 1), tmp_path / "x.parquet")
     with pytest.raises(DataError, match="unknown layout"):
         read_published(path, "mmmu")
+
+
+def test_repeated_images_are_stored_once(tmp_path, png_bytes):
+    table = _docvqa(png_bytes, 8)  # four colours over eight rows: each image twice
+    records = read_published(_write(table, tmp_path / "d.parquet"), "docvqa")
+    assert len({id(r.image_bytes) for r in records}) == len(COLOURS)
+    assert records[0].image_bytes == records[4].image_bytes

@@ -226,9 +226,12 @@ def read_published(
     tables = [(file, file_split, _read_table(file, chosen)) for file, file_split in _split_files(path, split)]
     refs = list(_usable_rows(tables, chosen, skips))
     records = []
+    shared: dict[bytes, bytes] = {}  # DocVQA asks ~4 questions per page: keep one copy of each image
     for row in _materialise(tables, seeded_subset(refs, limit, seed)):
         record = _to_record(row, chosen, skip_bad, skips)
         if record is not None:
+            if record.image_bytes:
+                record.image_bytes = shared.setdefault(record.image_bytes, record.image_bytes)
             records.append(record)
     return records
 
@@ -247,7 +250,12 @@ def _split_files(path: str | Path, split: str | None) -> list[tuple[Path, str]]:
         return [(path, _split_of(path) or split or path.stem)]  # one file: its own name decides
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
+    # `cache-*.arrow` are datasets' map() caches, not data.
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix in DATA_SUFFIXES and p.is_file() and not p.name.startswith("cache-")
+    )
     if not files:
         raise DataError(f"{path}: no .parquet or .arrow files")
     labelled = [(file, _split_of(file)) for file in files]
@@ -343,13 +351,10 @@ def _materialise(tables: list[tuple[Path, str, pa.Table]], refs: list[RowRef]) -
 def _to_record(row: Row, layout: Layout, skip_bad: bool, skips: SkipReport) -> VQARecord | None:
     try:
         fields = layout.build(row)
-        image_bytes, image_path = _image_source(row)
-        return VQARecord(
-            **fields,
-            task_type=layout.task_type,
-            image_bytes=image_bytes,
-            image_path=image_path,
-        )
+        image_bytes, image_path, image_name = _image_source(row)
+        if image_name:
+            fields["metadata"]["image_name"] = image_name
+        return VQARecord(**fields, task_type=layout.task_type, image_bytes=image_bytes, image_path=image_path)
     except DataError as exc:
         fail_or_skip(row.where, str(exc), skip_bad=skip_bad, skips=skips)
     except (KeyError, TypeError, ValueError) as exc:
@@ -357,19 +362,23 @@ def _to_record(row: Row, layout: Layout, skip_bad: bool, skips: SkipReport) -> V
     return None
 
 
-def _image_source(row: Row) -> tuple[bytes | None, str | None]:
-    """Embedded bytes (with the original file name, for messages), or a path next to the data."""
+def _image_source(row: Row) -> tuple[bytes | None, str | None, str | None]:
+    """(embedded bytes, or a real path next to the data; the original file name, if any).
+
+    The name of an embedded image is not a path on this machine, so it goes to metadata and
+    ``image_path`` stays for files that exist.
+    """
     cell = row.values["image"]
     if isinstance(cell, bytes | bytearray):
-        return bytes(cell), None
+        return bytes(cell), None, None
     if not isinstance(cell, dict):
         raise DataError("no image")
     data, name = cell.get("bytes"), cell.get("path")
     if data:
-        return bytes(data), name
+        return bytes(data), None, name
     if name:
         path = Path(name) if Path(name).is_absolute() else row.file.parent / name
         if path.is_file():
-            return None, str(path)
+            return None, str(path), name
         raise DataError(f"image not embedded and not found: {path}")
     raise DataError("no image")

@@ -55,7 +55,7 @@ class VQARecord:
             raise DataError(f"record {self.id!r}: answer index {self.answer_index} outside its choices")
 
     def load_image(self) -> Image.Image:
-        """The image as RGB; a missing or corrupt file raises ``DataError`` naming the record."""
+        """The image as RGB; a missing or corrupt file (or bytes) raises ``DataError`` naming the record."""
         if self.image is not None:
             return self.image.convert("RGB")
         if self.image_bytes:
@@ -76,7 +76,8 @@ class VQARecord:
                 img.load()
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
-            where = f" ({self.image_path})" if self.image_path else ""
+            name = self.metadata.get("image_name")
+            where = f" ({name})" if name else ""
             raise DataError(f"record {self.id!r}: cannot decode embedded image{where}: {exc}") from exc
 
 

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 from PIL import Image, ImageDraw
 
@@ -39,6 +40,7 @@ SIZES = ("small", "large")
 SCENE_KINDS = ("describe", "single-hop", "multi-hop")
 MIN_SHAPES, MAX_SHAPES = 2, 4
 DESCRIBE_QUESTION = "Describe the image."
+T = TypeVar("T")
 
 # Extents as fractions of the image width: one slot of a full row is 1/MAX_SHAPES = 0.25 wide.
 LARGE_EXTENT, SMALL_EXTENT = 0.23, 0.11
@@ -122,8 +124,8 @@ def _make_scene(seed: int, index: int) -> Scene:
         )
         for position in range(count)
     )
-    background = tuple(rng.randint(232, 255) for _ in range(3))
-    return Scene(seed, index, objects, background)  # type: ignore[arg-type]
+    red, green, blue = (rng.randint(232, 255) for _ in range(3))
+    return Scene(seed, index, objects, (red, green, blue))
 
 
 # --- questions ---------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class _View:
 QuestionMaker = Callable[[_View, random.Random], SceneQuestion | None]
 
 
-def _yes_no(rng: random.Random, yes_options: list, no_options: list) -> tuple[bool, object] | None:
+def _yes_no(rng: random.Random, yes_options: list[T], no_options: list[T]) -> tuple[bool, T] | None:
     """Pick a yes or a no case with equal odds when both exist, so answers stay balanced."""
     want_yes = rng.random() < 0.5
     options = yes_options if want_yes else no_options
@@ -375,7 +377,7 @@ def _same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
     picked = _yes_no(rng, same, [p for p in pairs if p not in same])
     if picked is None:
         return None
-    flag, (a, b) = picked  # type: ignore[misc]
+    flag, (a, b) = picked
     return SceneQuestion(f"Are {a.phrase} and {b.phrase} the same color?", _answer(flag), "same_colour", 2)
 
 
