@@ -180,6 +180,10 @@ class _View:
         position = obj.position + (-1 if direction == "left" else 1)
         return self.objects[position] if 0 <= position < len(self.objects) else None
 
+    def side(self, obj: SceneObject, direction: str) -> tuple[SceneObject, ...]:
+        """Every object to the left (or right) of ``obj``, not only the adjacent one."""
+        return self.objects[: obj.position] if direction == "left" else self.objects[obj.position + 1 :]
+
     def neighbours(self, obj: SceneObject) -> list[SceneObject]:
         return [other for d in ("left", "right") if (other := self.beside(obj, d)) is not None]
 
@@ -392,16 +396,11 @@ def _count_same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
 
 
 def _exists_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
-    if not view.references:
+    cases = [(ref, d) for ref in view.references for d in ("left", "right") if view.side(ref.target, d)]
+    if not cases:  # an empty side would make every answer "no"
         return None
-    ref = rng.choice(view.references)
-    direction = rng.choice(("left", "right"))
-    side = (
-        view.objects[: ref.target.position]
-        if direction == "left"
-        else view.objects[ref.target.position + 1 :]
-    )
-    present = sorted({obj.shape for obj in side})
+    ref, direction = rng.choice(cases)
+    present = sorted({obj.shape for obj in view.side(ref.target, direction)})
     picked = _yes_no(rng, present, [s for s in SHAPES if s not in present])
     if picked is None:
         return None
