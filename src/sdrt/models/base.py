@@ -232,6 +232,19 @@ class VisionLanguageModel(ABC):
         blob = json.dumps(self.config_dict(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def num_parameters(self) -> int:
+        """Every parameter the backend holds (vision tower, projector, language model), counted once.
+
+        Looks at the backend's ``nn.Module`` attributes and one level into helper objects.
+        """
+        unique: dict[int, int] = {}
+        for value in vars(self).values():
+            parts = [value] if isinstance(value, nn.Module) else list(getattr(value, "__dict__", {}).values())
+            for module in parts:
+                if isinstance(module, nn.Module):
+                    unique.update((id(p), p.numel()) for p in module.parameters())
+        return sum(unique.values())
+
     def add_layer_hook(self, layer: int, hook: LayerHook) -> RemovableHandle:
         """Register ``hook`` on decoder layer ``layer``; the handle works as a context manager."""
         if not 0 <= layer < self.num_layers:
