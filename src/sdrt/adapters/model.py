@@ -83,7 +83,9 @@ class SDRTAdapter(nn.Module):
             self.skip = CrossModalSkip(d, config.skip.rank, r, self.layers)
         self._gate_weights: dict[int, torch.Tensor] = {}  # layer -> (B, K), kept for decode steps
         self._gate_override: torch.Tensor | None = None
+        self._teacher_weights: torch.Tensor | None = None  # (B, K) target of the gate
         self._handle: AdapterHandle | None = None
+        self._model: VisionLanguageModel | None = None
 
     @classmethod
     def for_model(cls, config: AdapterConfig, model: VisionLanguageModel) -> SDRTAdapter:
@@ -125,6 +127,7 @@ class SDRTAdapter(nn.Module):
             handles.append(model.add_layer_hook(self.config.skip.source_layer, self._skip_hook))
         handles.extend(model.add_layer_hook(layer, self._edit_hook) for layer in self.layers)
         self._handle = AdapterHandle(self, handles)
+        self._model = model
         return self._handle
 
     def detach(self) -> None:
@@ -133,12 +136,35 @@ class SDRTAdapter(nn.Module):
             self._handle.remove()
 
     @property
-    def attached(self) -> bool:
+    def is_attached(self) -> bool:
         return self._handle is not None
+
+    @contextmanager
+    def attached(self, model: VisionLanguageModel) -> Iterator[SDRTAdapter]:
+        """``with adapter.attached(model):`` the model runs with the adapter, then without."""
+        self.attach(model)
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    @contextmanager
+    def detached(self, model: VisionLanguageModel | None = None) -> Iterator[None]:
+        """Run the bare model for a while (e.g. the teacher's forward), then re-attach."""
+        target = self._model if self._handle is not None else None
+        if model is not None and target is not None and model is not target:
+            raise AdapterError(f"adapter is attached to {target.name}, not to {model.name}")
+        self.detach()
+        try:
+            yield
+        finally:
+            if target is not None:
+                self.attach(target)
 
     def _forget(self, handle: AdapterHandle) -> None:
         if self._handle is handle:
             self._handle = None
+            self._model = None
             self.reset_state()
 
     def reset_state(self) -> None:
@@ -208,13 +234,24 @@ class SDRTAdapter(nn.Module):
         """Gate weights (B, K) per layer from the last prefill / score forward."""
         return dict(self._gate_weights)
 
-    def gate_loss(self, target_weights: torch.Tensor) -> torch.Tensor:
-        """Mean over layers of ``KL(teacher weights || gate weights)`` for the last forward."""
-        if self.gates is None:
-            raise AdapterError("gate_loss needs gate.enabled")
+    def set_teacher_weights(self, weights: torch.Tensor | None) -> None:
+        """Keep the teacher weights (B, K) of the coming batch as the gate's target (None: none)."""
+        if weights is not None:
+            check_prompt_weights(weights, self.config.gate.num_heads if self.gates is not None else None)
+        self._teacher_weights = weights
+
+    def gate_loss(self, target_weights: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Mean over layers of ``KL(teacher weights || gate weights)`` for the last forward.
+
+        The target is ``target_weights`` or else the weights given to ``set_teacher_weights``;
+        ``None`` when the gate is off or there is no target.
+        """
+        target = target_weights if target_weights is not None else self._teacher_weights
+        if self.gates is None or target is None:
+            return None
         if not self._gate_weights:
             raise AdapterError("gate_loss needs a forward with the adapter attached first")
-        target = target_weights.to(next(iter(self._gate_weights.values())).device)
+        target = target.to(next(iter(self._gate_weights.values())).device)
         losses = [gate_loss(weights, target) for weights in self._gate_weights.values()]
         return torch.stack(losses).mean()
 

@@ -1,0 +1,95 @@
+"""A small stand-in VLM (residual linear layers, one hook point each) and layout helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from sdrt.models.base import TokenLayout, VisionLanguageModel
+
+
+class _Layer(nn.Module):
+    """``h + tanh(A h)`` per position: no token mixing, so an edit stays where it was made."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + torch.tanh(self.lin(h))
+
+
+class StandInVLM(VisionLanguageModel):
+    """Just enough of the model interface for hooks: layers, layouts, a config hash."""
+
+    def __init__(self, d: int = 16, num_layers: int = 4, seed: int = 0, name: str = "standin") -> None:
+        super().__init__(name)
+        gen = torch.Generator().manual_seed(seed)
+        self.layers = nn.ModuleList(_Layer(d) for _ in range(num_layers))
+        with torch.no_grad():
+            for p in self.layers.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        self.d = d
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d
+
+    def config_dict(self) -> dict:
+        return {"kind": "standin", "d": self.d, "layers": len(self.layers)}
+
+    def __call__(self, x: torch.Tensor, layout: TokenLayout) -> list[torch.Tensor]:
+        """Run the stack under ``layout``; returns every layer's (hooked) output, each (B, L, d)."""
+        self._set_layout(layout)
+        return self._run(x)
+
+    def decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One decode step (B, 1, d) after a prefill set the layout."""
+        return self._run(x)
+
+    def _run(self, h: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for layer in self.layers:
+            h = layer(h)
+            outs.append(h)
+        return outs
+
+    def encode_images(self, images):
+        raise NotImplementedError
+
+    def generate(self, images, prompts, **kwargs):
+        raise NotImplementedError
+
+    def score(self, images, prompts, answers, **kwargs):
+        raise NotImplementedError
+
+    def render_prompt(self, prompt):
+        raise NotImplementedError
+
+
+def layout_from(rows: list[str]) -> TokenLayout:
+    """Hand-made layout: '.' padding, 'i' image, 't' prompt text, 'a' answer, one string per row."""
+    width = len(rows[0])
+    assert all(len(r) == width for r in rows), "rows must be padded to one length"
+
+    def mask(chars: str) -> torch.Tensor:
+        return torch.tensor([[c in chars for c in row] for row in rows], dtype=torch.bool)
+
+    return TokenLayout(mask("ita"), mask("i"), mask("a"))
+
+
+@pytest.fixture
+def standin() -> Callable[..., StandInVLM]:
+    return StandInVLM
+
+
+@pytest.fixture
+def layout() -> Callable[[list[str]], TokenLayout]:
+    return layout_from
