@@ -27,6 +27,8 @@ from sdrt.progress import console, progress_bar
 from sdrt.prompts.library import PromptLibrary
 from sdrt.traces.job import run_trace_job
 
+TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
+
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -43,11 +45,11 @@ class DemoPlan:
 
     @property
     def trace_dirs(self) -> dict[str, Path]:
-        return {name: self.work_dir / f"traces-{name}" for name in ("easy-vqa", "scenes")}
+        return {source: self.work_dir / f"traces-{source.replace(':', '-')}" for source in TRAIN_SOURCES}
 
 
 def run_traces(plan: DemoPlan) -> None:
-    sizes = {"easy-vqa": plan.train_easy_vqa, "scenes": plan.train_scenes}
+    sizes = dict(zip(TRAIN_SOURCES, (plan.train_easy_vqa, plan.train_scenes), strict=True))
     for name, folder in plan.trace_dirs.items():
         console.rule(f"traces: {name} (train, {sizes[name]} questions, K={plan.k})")
         run_trace_job(

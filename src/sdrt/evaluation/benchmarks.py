@@ -24,6 +24,7 @@ class Benchmark:
     description: str
     layout: str | None = None  # published layout; None for built-in data
     folder: str | None = None  # sub-folder of --data-dir holding the files
+    source: str | None = None  # built-in data source, when it differs from the name
 
     @property
     def builtin(self) -> bool:
@@ -115,7 +116,8 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
                 "exact_match",
                 "scene",
                 "test",
-                "generated multi-hop scenes with exact answers (built in)",
+                "generated scenes, multi-hop questions with exact answers (built in)",
+                source="scenes:multi-hop",
             ),
         )
     }

@@ -32,6 +32,8 @@ class TraceStore:
         self.root = Path(root)
         self.rank = rank
         self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f".rank{rank}-shard*.tmp"):  # a write cut short by a kill
+            stale.unlink(missing_ok=True)
 
     # --- manifest: what job produced this folder ------------------------------------------
 
