@@ -323,6 +323,19 @@ def test_folder_without_processor_raises_naming_the_folder(tiny_cache, tmp_path)
         HFVisionLanguageModel.from_pretrained(bare)
 
 
+def test_folder_with_only_a_tokenizer_raises(tiny_cache, tmp_path):
+    source = tiny_model_path("idefics3")
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    with pytest.raises(ModelError, match=f"{tmp_path}: no usable processor.*image processor"):
+        HFVisionLanguageModel.from_pretrained(tmp_path)
+
+
+def test_model_is_frozen_in_eval_mode(tiny_model):
+    assert not tiny_model.model.training
+    assert not any(p.requires_grad for p in tiny_model.model.parameters())
+
+
 def test_text_only_model_folder_raises(tmp_path: Path):
     config = LlamaConfig(
         vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2

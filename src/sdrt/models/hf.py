@@ -297,7 +297,13 @@ class HFVisionLanguageModel(VisionLanguageModel):
         processed = self.processor(
             images=[image], text=[self.image_token], return_text_replacement_offsets=True, return_tensors="pt"
         )
-        placeholder = processed["text_replacement_offsets"][0][0]["replacement"]
+        offsets = processed.get("text_replacement_offsets")
+        if not offsets or not offsets[0]:
+            raise ModelError(
+                f"{self.name}: {type(self.processor).__name__} does not report how it expands the image "
+                f"placeholder {self.image_token!r}, so prompts cannot reuse encoded images"
+            )
+        placeholder = offsets[0][0]["replacement"]
         num_tokens = int((processed["input_ids"] == self.image_token_id).sum())
         pixel_inputs = {k: v.to(self.device) for k, v in processed.items() if k not in _TEXT_KEYS}
         features = HFImageFeatures(self.config_hash, placeholder, num_tokens, pixel_inputs)
