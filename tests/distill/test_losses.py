@@ -26,7 +26,9 @@ def test_hidden_alignment_cosine_by_hand():
 
 def test_unknown_hidden_loss_kind():
     with pytest.raises(ValueError, match="unknown hidden-state loss"):
-        hidden_alignment(torch.zeros(1, 1, 2), torch.zeros(1, 1, 1, 2), torch.ones(1, 1, dtype=torch.bool), "l1")
+        hidden_alignment(
+            torch.zeros(1, 1, 2), torch.zeros(1, 1, 1, 2), torch.ones(1, 1, dtype=torch.bool), "l1"
+        )
 
 
 def test_cross_entropy_ignores_padding():

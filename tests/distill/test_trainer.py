@@ -1,0 +1,141 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdrt.adapters.files import load_adapter
+from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.distill.trainer import DistillError, run_distillation
+
+
+def config(trace_dir: Path, out: Path, **overrides) -> DistillConfig:
+    values = dict(
+        model="tiny:llava",
+        traces=trace_dir,
+        out=out,
+        steps=6,
+        batch_size=2,
+        checkpoint_every=3,
+        warmup_steps=2,
+        lr=5e-3,
+        seed=0,
+    )
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=key)
+
+
+def test_distillation_drives_the_hidden_state_loss_down(tiny_model, trace_dir, tmp_path):
+    cfg = config(
+        trace_dir,
+        tmp_path,
+        steps=30,
+        lr=2e-2,
+        loss={"hidden": 1.0, "ce": 0.0},
+        warmup_steps=0,
+        batch_size=8,
+        skip=False,
+    )
+    history = run_distillation(cfg, tiny_model).history
+    first = history[0].terms["hidden"]
+    last = sum(e.terms["hidden"] for e in history[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_model, trace_dir, tmp_path):
+    straight = run_distillation(config(trace_dir, tmp_path / "straight"), tiny_model)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_step_4(entry):
+        if entry.step == 4:
+            raise Killed
+
+    interrupted = config(trace_dir, tmp_path / "resumed")
+    with pytest.raises(Killed):
+        run_distillation(interrupted, tiny_model, on_step=kill_after_step_4)
+    assert not (tmp_path / "resumed" / "adapter.safetensors").exists()
+    resumed = run_distillation(interrupted, tiny_model)
+    assert resumed.resumed_from == 3
+    assert [e.step for e in resumed.history] == list(range(1, 7))
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
+    assert resumed.history[-1].loss == pytest.approx(straight.history[-1].loss, abs=1e-9)
+
+
+def test_cached_teacher_targets_train_like_online_ones(tiny_model, trace_dir, tmp_path):
+    online = run_distillation(config(trace_dir, tmp_path / "online", steps=3, loss={"kl": 1.0}), tiny_model)
+    cached = run_distillation(
+        config(trace_dir, tmp_path / "cached", steps=3, loss={"kl": 1.0}, cache_teacher=True), tiny_model
+    )
+    assert list((tmp_path / "cached" / "teacher-cache").glob("teacher-*.safetensors"))
+    for a, b in zip(online.history, cached.history, strict=True):
+        assert a.terms == pytest.approx(b.terms, rel=1e-5, abs=1e-7)
+
+
+def test_saved_adapter_loads_onto_the_model(tiny_model, trace_dir, tmp_path):
+    run_distillation(config(trace_dir, tmp_path, steps=2), tiny_model)
+    adapter = load_adapter(tmp_path, tiny_model)
+    assert adapter.config.layers == default_layers(tiny_model.num_layers)
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_model, trace_dir, tmp_path):
+    with pytest.raises(DistillError, match="lower the learning rate"):
+        run_distillation(
+            config(trace_dir, tmp_path, lr=float("1e30"), steps=4, warmup_steps=0, max_grad_norm=1e30),
+            tiny_model,
+        )
+
+
+def test_traces_of_another_model_are_refused(trace_dir, tmp_path):
+    from sdrt.models.tiny import load_tiny_model
+
+    with pytest.raises(DistillError, match="another model"):
+        run_distillation(config(trace_dir, tmp_path, model="tiny:qwen2-vl"), load_tiny_model("qwen2-vl"))
+
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def test_two_processes_match_one_process(trace_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for procs, out in ((2, tmp_path / "ddp"), (1, tmp_path / "single")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(procs),
+                str(WORKER),
+                str(trace_dir),
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+            env=env,
+        )
+    rank0, rank1 = (
+        load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
+        load_file(str(tmp_path / "ddp" / "rank1.safetensors")),
+    )
+    assert_same_weights(rank0, rank1)  # identical on both ranks
+    single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
+    assert_same_weights(rank0, single, atol=1e-5)  # the same global batch gives the same update
+    untrained = load_file(str(tmp_path / "single" / "initial.safetensors"))
+    assert any(not torch.equal(single[k], untrained[k]) for k in single)
