@@ -254,6 +254,19 @@ def test_encoded_images_skip_preprocessing_and_vision_tower(tiny_model, image, m
     assert tiny_model.generate([encoded], [SHORT], max_new_tokens=2)[0].num_tokens >= 1
 
 
+def test_pixel_path_matches_vision_feature_reuse(tiny_model, image, monkeypatch):
+    """Models that cannot take precomputed vision features get pixels; the result must agree."""
+    prompts, answers = [SHORT, LONG], ["red", "no"]
+    reused = tiny_model.score([image, image], prompts, answers, layers=[1])
+    monkeypatch.setattr(tiny_model, "_forward_params", tiny_model._forward_params - {"mm_encoder_outputs"})
+    assert not tiny_model.reuses_vision_features
+    encoded = tiny_model.encode_images([image])
+    assert encoded[0].features.vision_features is None
+    pixels = tiny_model.score(encoded * 2, prompts, answers, layers=[1])
+    torch.testing.assert_close(pixels.answer_logits, reused.answer_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels.hidden_states[1], reused.hidden_states[1], atol=1e-5, rtol=0)
+
+
 def test_foreign_encoded_image_is_refused(tiny_model, image):
     with pytest.raises(ModelError, match="encoded by backend"):
         tiny_model.score([EncodedImage("embedded", object(), image)], [SHORT], ["red"])

@@ -96,8 +96,9 @@ class HFImageFeatures:
 
     ``placeholder_text`` is what the processor puts in the prompt in place of the image token
     (its count of image tokens depends on the image size). ``vision_features`` is the projected
-    vision-tower output (N, d) when the model accepts precomputed encoder outputs; otherwise
-    ``pixel_inputs`` are fed again and only the preprocessing is saved.
+    vision-tower output (N, d) when the model accepts precomputed encoder outputs, and then
+    ``pixel_inputs`` keeps only the non-pixel inputs (e.g. Qwen2-VL's ``image_grid_thw``);
+    otherwise ``pixel_inputs`` are fed again and only the preprocessing is saved.
     """
 
     config_hash: str
@@ -309,6 +310,8 @@ class HFVisionLanguageModel(VisionLanguageModel):
         features = HFImageFeatures(self.config_hash, placeholder, num_tokens, pixel_inputs)
         if self.reuses_vision_features:
             features.vision_features = self._vision_features(pixel_inputs)
+            # The pixels are not needed again; only grid-like inputs that shape positions stay.
+            features.pixel_inputs = {k: v for k, v in pixel_inputs.items() if not k.startswith("pixel_")}
         return features
 
     def _vision_features(self, pixel_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
