@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
 from rich.table import Table
 
 from sdrt.evaluation.benchmarks import BENCHMARKS, get_benchmark
@@ -90,9 +92,10 @@ def results_table(results: EvalResults) -> Table:
 
 def print_benchmarks(data_dir: Path) -> None:
     table = Table(title=f"benchmarks (data dir: {data_dir})")
-    for column in ("name", "metric", "task type", "split", "data", "description"):
-        table.add_column(column)
+    for column in ("name", "metric", "task type", "split", "data"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description", overflow="fold")
     for b in BENCHMARKS.values():
         present = "built in" if b.builtin else ("present" if b.is_available(data_dir) else "missing")
         table.add_row(b.name, b.metric, b.task_type, b.split, present, b.description)
-    console.print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # piped output is not cut to 80 columns

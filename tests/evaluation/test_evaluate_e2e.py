@@ -1,0 +1,132 @@
+"""``sdrt eval`` end to end on a tiny backend, built-in and published (Parquet fixture) benchmarks."""
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from sdrt.adapters.config import AdapterConfig
+from sdrt.adapters.files import save_adapter
+from sdrt.adapters.model import SDRTAdapter
+from sdrt.cli import app
+from sdrt.models.tiny import load_tiny_model
+
+runner = CliRunner()
+
+
+def png(rgb) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 24), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "docvqa").mkdir()
+    rows = {
+        "questionId": [1, 2, 3],
+        "question": ["What is the title?", "What is the date?", "Who signed it?"],
+        "question_types": [["layout"], ["form"], ["form"]],
+        "image": [{"bytes": png((255, 255, 255)), "path": f"doc{i}.png"} for i in range(3)],
+        "docId": [10, 11, 12],
+        "ucsf_document_id": ["a", "b", "c"],
+        "ucsf_document_page_no": ["1", "1", "2"],
+        "answers": [["report"], ["1 may 1990", "may 1, 1990"], ["j. smith"]],
+        "data_split": ["validation"] * 3,
+    }
+    pq.write_table(pa.table(rows), root / "docvqa" / "validation-00000-of-00001.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def identity_adapter(tmp_path_factory):
+    model = load_tiny_model("llava")
+    adapter = SDRTAdapter.for_model(AdapterConfig(layers=[1], rank=2), model)
+    return save_adapter(adapter, tmp_path_factory.mktemp("adapter"))
+
+
+def run_eval(tmp_path, *args):
+    out = tmp_path / "results.json"
+    result = runner.invoke(app, ["eval", "--model", "tiny:llava", "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.read_text())
+
+
+def test_modes_on_a_builtin_benchmark(tmp_path, identity_adapter):
+    results = run_eval(
+        tmp_path,
+        "--benchmark",
+        "easy-vqa",
+        "--limit",
+        "4",
+        "--mode",
+        "direct",
+        "--mode",
+        "dual:image_description",
+        "--mode",
+        "ensemble",
+        "--mode",
+        "adapter",
+        "--adapter",
+        str(identity_adapter),
+        "--k",
+        "2",
+    )
+    summaries = {s["mode"]: s for s in results["summaries"]}
+    assert set(summaries) == {"direct", "dual:image_description", "ensemble", "adapter"}
+    assert all(s["n"] == 4 and 0.0 <= s["score"] <= 1.0 for s in summaries.values())
+    assert summaries["direct"]["calls_per_answer"] == 1
+    assert summaries["dual:image_description"]["calls_per_answer"] == 2
+    assert summaries["ensemble"]["calls_per_answer"] == 4  # K = 2 prompts, two steps each
+    items = {(i["mode"], i["record_id"]): i for i in results["items"]}
+    # a freshly initialised adapter is the identity: its answers are the direct answers
+    for (mode, record_id), item in items.items():
+        if mode == "adapter":
+            assert item["raw_prediction"] == items[("direct", record_id)]["raw_prediction"]
+    assert {c["mode"] for c in results["comparisons"]} == {"dual:image_description", "ensemble", "adapter"}
+    assert all(c["baseline"] == "direct" and c["n"] == 4 for c in results["comparisons"])
+    assert (tmp_path / "results.predictions.jsonl").read_text().count("\n") == 16
+
+
+def test_published_benchmark_from_local_parquet(tmp_path, data_dir):
+    results = run_eval(tmp_path, "--benchmark", "docvqa", "--data-dir", str(data_dir))
+    (summary,) = results["summaries"]
+    assert (summary["benchmark"], summary["metric"], summary["n"]) == ("docvqa", "anls", 3)
+    assert {tuple(i["references"]) for i in results["items"]} == {
+        ("report",),
+        ("1 may 1990", "may 1, 1990"),
+        ("j. smith",),
+    }
+
+
+def test_missing_benchmark_data_is_a_clear_error(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "tiny:llava",
+            "--benchmark",
+            "chartqa",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "chartqa" in str(result.exception) and "no data" in str(result.exception)
+
+
+def test_benchmarks_command_lists_metric_and_presence(data_dir):
+    result = runner.invoke(app, ["benchmarks", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.strip().startswith("│")}
+    assert "present" in lines["docvqa"] and "anls" in lines["docvqa"]
+    assert "missing" in lines["chartqa"] and "relaxed_accuracy" in lines["chartqa"]
+    assert "built in" in lines["scenes"]
