@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sdrt.config import ConfigError, DataSource, TraceConfig, load_config
+from sdrt.config import TraceConfig, load_config
 
 app = typer.Typer(
     help="Self-distillation with diverse reasoning traces for vision-language models.",
@@ -61,32 +62,35 @@ def ask(
 
 @app.command()
 def traces(
-    model: ModelOpt = "embedded",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model name (default: embedded)")] = None,
     benchmark: Annotated[
-        str, typer.Option("--benchmark", "--data", help="easy-vqa | scenes | .jsonl | folder")
-    ] = ("easy-vqa"),
-    split: Annotated[str, typer.Option(help="data split")] = "train",
+        str | None, typer.Option("--benchmark", "--data", help="easy-vqa | scenes | .jsonl | folder")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="data split (default: train)")] = None,
     layout: Annotated[str | None, typer.Option(help="published layout of a Parquet folder")] = None,
     prompts: Annotated[str | None, typer.Option(help="comma-separated prompt ids, or a YAML file")] = None,
-    k: Annotated[int, typer.Option(help="prompts per example")] = 3,
+    k: Annotated[int | None, typer.Option(help="prompts per example (default: 3)")] = None,
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
-    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    strategy: Annotated[str, typer.Option(help="majority | loglik")] = "majority",
-    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
-    out: Annotated[Path, typer.Option(help="trace folder (resumable)")] = Path("runs/traces"),
+    seed: Annotated[int | None, typer.Option(help="sampling seed (default: 0)")] = None,
+    strategy: Annotated[str | None, typer.Option(help="majority | loglik (default: majority)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="examples per batch (default: 8)")] = None,
+    out: Annotated[Path | None, typer.Option(help="trace folder, resumable (default: runs/traces)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML TraceConfig; flags override it")] = None,
-    skip_bad: SkipBadOpt = False,
-    device: DeviceOpt = "cpu",
+    skip_bad: Annotated[
+        bool | None, typer.Option("--skip-bad/--no-skip-bad", help="skip bad records (counted and logged)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
 ) -> None:
     """Generate K dual-query reasoning traces per example and their ensemble pseudo-labels."""
     from sdrt.traces.job import run_trace_job
 
     prompt_ids, prompts_yaml = _split_prompts_option(prompts)
+    data = {"source": benchmark, "split": split, "layout": layout, "limit": limit, "seed": seed}
     cfg = load_config(
         TraceConfig,
         config,
         model=model,
-        data=DataSource(source=benchmark, split=split, layout=layout, limit=limit, seed=seed),
+        data={key: value for key, value in data.items() if value is not None} or None,
         prompts=prompt_ids,
         prompts_yaml=prompts_yaml,
         k=k,
@@ -121,15 +125,20 @@ def align(
 
 @app.command()
 def distill(
-    model: ModelOpt = "embedded",
-    traces: Annotated[Path, typer.Option(help="trace folder written by `sdrt traces`")] = Path("runs/traces"),
-    out: Annotated[Path, typer.Option(help="adapter folder (checkpoints go inside; resumable)")] = Path(
-        "runs/adapter"
-    ),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model name (default: embedded)")] = None,
+    traces: Annotated[
+        list[Path] | None,
+        typer.Option(help="trace folder from `sdrt traces` (repeatable; default runs/traces)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="adapter folder, resumable (default: runs/adapter)")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML DistillConfig; flags override it")] = None,
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
-    cache_teacher: Annotated[bool | None, typer.Option(help="cache teacher targets on disk")] = None,
-    device: DeviceOpt = "cpu",
+    cache_teacher: Annotated[
+        bool | None, typer.Option("--cache-teacher/--online-teacher", help="cache teacher targets on disk")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
 ) -> None:
     """Train SDRT adapters so that one direct pass matches the K reasoning teachers."""
     from sdrt.distill.config import DistillConfig
@@ -220,23 +229,30 @@ def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | N
     return [v.strip() for v in value.split(",") if v.strip()], None
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars say what runs; the per-load bars of transformers only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def main() -> None:
     """Console entry: known failures print one clear line and exit 2, never a traceback."""
     from sdrt.data.records import DataError
+    from sdrt.distill.trainer import DistillError
     from sdrt.models.base import ModelError
+    from sdrt.traces.store import TraceStoreError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    known: tuple[type[Exception], ...] = (
-        ConfigError,
-        DataError,
-        ModelError,
-        KeyError,
-        ValueError,
-        FileNotFoundError,
-    )
+    _quiet_transformers()
+    # ValueError covers the config, data, prompt and adapter errors, which all derive from it
+    known = (DataError, ModelError, DistillError, TraceStoreError, KeyError, ValueError, FileNotFoundError)
     try:
         app()
     except known as exc:
+        if os.environ.get("SDRT_DEBUG"):
+            raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         err.print(f"[bold red]error:[/bold red] {message}")
         sys.exit(2)

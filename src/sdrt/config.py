@@ -64,7 +64,7 @@ def load_config(cls: type[ConfigT], path: str | Path | None = None, **overrides:
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
         values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    _merge(values, {k: v for k, v in overrides.items() if v is not None})
     try:
         return cls.model_validate(values)
     except ValidationError as exc:
@@ -73,3 +73,12 @@ def load_config(cls: type[ConfigT], path: str | Path | None = None, **overrides:
         )
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from exc
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Deep-merge: a flag that sets one field of a nested section keeps the file's other fields."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

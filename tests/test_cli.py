@@ -1,0 +1,115 @@
+"""The command line: bad input gives one clear line and exit code 2, never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from sdrt.models.tiny import tiny_model_path
+
+
+def sdrt(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sdrt.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "shape.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    return path
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_ask_prints_the_answer_last(image):
+    result = sdrt("ask", "--model", "tiny:llava", "--image", str(image), "--question", "what color is it?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines(), "an answer line is printed"
+
+
+def test_ask_dual_query_shows_the_analysis(image):
+    result = sdrt(
+        "ask",
+        "--model",
+        "tiny:llava",
+        "--image",
+        str(image),
+        "--question",
+        "what shape?",
+        "--mode",
+        "dual:image_description",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "image_description analysis:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (
+            ["--model", "tiny:llava", "--image", "/no/such.png", "--question", "q?"],
+            ["/no/such.png", "not found"],
+        ),
+        (["--model", "no-such-model", "--question", "q?"], ["unknown model", "no-such-model"]),
+        (["--model", "tiny:llava", "--question", "  "], ["empty question"]),
+        (["--model", "tiny:llava", "--question", "q?", "--mode", "dual:nope"], ["nope"]),
+        (["--model", "tiny:llava", "--question", "q?", "--mode", "sideways"], ["unknown mode"]),
+    ],
+)
+def test_ask_bad_input(image, args, words):
+    if "--image" not in args:
+        args = [*args, "--image", str(image)]
+    assert_clean_error(sdrt("ask", *args), *words)
+
+
+def test_corrupt_image(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert_clean_error(
+        sdrt("ask", "--model", "tiny:llava", "--image", str(broken), "--question", "q?"),
+        "broken.png",
+        "cannot read image",
+    )
+
+
+def test_model_folder_without_processor(tmp_path, image):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    source = tiny_model_path("llava")
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    assert_clean_error(
+        sdrt("ask", "--model", str(folder), "--image", str(image), "--question", "q?"), str(folder)
+    )
+
+
+def test_malformed_config_file(tmp_path):
+    config = tmp_path / "traces.yaml"
+    config.write_text("k: -1\nbatch_size: many\nunknown_key: 1\n")
+    result = sdrt("traces", "--model", "tiny:llava", "--config", str(config), "--out", str(tmp_path / "o"))
+    # every problem is listed at once
+    assert_clean_error(result, "k", "batch_size", "unknown_key")
+
+
+def test_malformed_jsonl_is_named_or_skipped(tmp_path, image):
+    data = tmp_path / "qs.jsonl"
+    data.write_text(
+        f'{{"id": "a", "image": "{image}", "question": "what?", "answers": ["red"]}}\n'
+        '{"id": "b", "image": "missing.png", "question": "what?"}\n'
+        "{not json\n"
+    )
+    out = tmp_path / "traces"
+    common = ["traces", "--model", "tiny:llava", "--benchmark", str(data), "--k", "1", "--out", str(out)]
+    assert_clean_error(sdrt(*common), "qs.jsonl")
+    skipped = sdrt(*common, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skip" in skipped.stderr.lower()
+    assert "1 new examples" in skipped.stderr
