@@ -1,0 +1,534 @@
+"""The embedded offline VLM: EfficientNet-Lite0 -> MLP projector -> SmolLM2-135M-Instruct.
+
+LLaVA-style: the image becomes ``grid * grid`` pooled feature tokens, projected into the
+language model's embedding space and placed where the first user turn holds the image
+placeholder. Everything is frozen except the projector (and, during alignment only, LoRA on
+the language model, which is merged into the weights when shipped weights are loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from sdrt.data.records import DataError
+from sdrt.models.base import (
+    EncodedImage,
+    Generation,
+    ImageInput,
+    ModelError,
+    Prompt,
+    ScoreOutput,
+    TokenLayout,
+    VisionLanguageModel,
+    as_conversation,
+)
+from sdrt.models.smollm import load_smollm
+from sdrt.models.vision import FEATURE_DIM, VisionEncoder
+
+log = logging.getLogger(__name__)
+
+BACKEND = "embedded"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = "embedded_projector.safetensors"
+CONFIG_FILE = "embedded_config.json"
+IMAGE_PLACEHOLDER = "<image>"
+SYSTEM_PROMPT = "Answer questions about the image."
+DEFAULT_GRID = 4
+PROJECTOR_PREFIX = "projector."
+LORA_PREFIX = "lora."
+# CPU matmul kernels are prepared once per input shape, which costs seconds; rounding the
+# batch width up keeps the number of distinct shapes (and so that cost) small.
+PAD_MULTIPLE = 8
+ANSWER_SLOT_MULTIPLE = 4
+
+
+class Projector(nn.Module):
+    """Pooled image features (N, T, 1280) -> language-model embeddings (N, T, d).
+
+    The input LayerNorm makes the projector indifferent to the trunk's feature scale.
+    """
+
+    def __init__(self, hidden_size: int, feature_dim: int = FEATURE_DIM) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.up = nn.Linear(feature_dim, hidden_size)
+        self.act = nn.GELU()
+        self.out = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.up(self.norm(features))))
+
+
+@dataclass
+class EmbeddedBatch:
+    """A left-padded batch ready for the language model."""
+
+    inputs_embeds: torch.Tensor  # (B, L, d)
+    attention_mask: torch.Tensor  # (B, L) long
+    position_ids: torch.Tensor  # (B, L)
+    layout: TokenLayout
+    answer_ids: torch.Tensor  # (B, T), right-padded
+    answer_token_mask: torch.Tensor  # (B, T) bool
+
+
+class EmbeddedVLM(VisionLanguageModel):
+    """The offline default backend (``--model embedded``); see the module docstring."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        tokenizer: Any,
+        projector: Projector,
+        vision: VisionEncoder,
+        *,
+        device: torch.device | str = "cpu",
+        weights_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(BACKEND, device)
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.projector = projector.to(self.device)
+        self.vision = vision
+        self.weights_info = weights_info or {}
+        self.image_tokens = vision.grid**2
+        # Image positions hold a real id only so that every row is a valid token sequence;
+        # their embeddings are always replaced by the projected image features.
+        self.image_token_id = int(tokenizer.pad_token_id)
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.stop_ids = [self.eos_id, *self._optional_ids("<|endoftext|>")]
+
+    # --- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        device: str | torch.device = "cpu",
+        weights_dir: str | Path | None = None,
+        *,
+        untrained: bool = False,
+        grid: int = DEFAULT_GRID,
+        feature_cache: bool = True,
+        seed: int = 0,
+    ) -> EmbeddedVLM:
+        """Load the language model, vision trunk and trained projector (+ merged LoRA).
+
+        ``untrained=True`` builds a seeded random projector instead (alignment starts there).
+        """
+        lm, tokenizer = load_smollm(device)
+        hidden = int(lm.config.hidden_size)
+        if untrained:
+            torch.manual_seed(seed)
+            vision = VisionEncoder(grid=grid, device=device, cache=None if feature_cache else False)
+            return cls(
+                lm, tokenizer, Projector(hidden), vision, device=device, weights_info={"untrained": True}
+            )
+        folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+        config, tensors = read_weights(folder)
+        grid = int(config.get("grid", DEFAULT_GRID))
+        projector = Projector(hidden)
+        projector.load_state_dict(_strip_prefix(tensors, PROJECTOR_PREFIX))
+        lora = _strip_prefix(tensors, LORA_PREFIX)
+        if lora:
+            lm = merge_lora(lm, lora, config.get("lora", {}))
+        vision = VisionEncoder(grid=grid, device=device, cache=None if feature_cache else False)
+        info = {
+            "weights_sha256": _file_digest(folder / WEIGHTS_FILE),
+            "grid": grid,
+            "lora": config.get("lora"),
+        }
+        return cls(lm, tokenizer, projector, vision, device=device, weights_info=info)
+
+    # --- interface ---------------------------------------------------------------------------
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.lm.model.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm.config.hidden_size)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "backend": BACKEND,
+            "language_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)",
+            "vision": self.vision.tag,
+            "image_tokens": self.image_tokens,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "system_prompt": SYSTEM_PROMPT,
+            **self.weights_info,
+        }
+
+    def render_prompt(self, prompt: Prompt) -> str:
+        """SmolLM2's chat template with our short system prompt and the image placeholder."""
+        turns = as_conversation(prompt)
+        messages, image_placed = [], False
+        for role, content in turns:
+            if role not in ("system", "user", "assistant"):
+                raise ModelError(
+                    f"{self.name}: unknown role {role!r} in prompt (use system, user, assistant)"
+                )
+            if IMAGE_PLACEHOLDER in content:
+                raise ModelError(f"{self.name}: prompt text must not contain {IMAGE_PLACEHOLDER!r}")
+            if role == "user" and not image_placed:
+                content, image_placed = f"{IMAGE_PLACEHOLDER}\n{content}", True
+            messages.append({"role": role, "content": content})
+        if not image_placed:
+            raise ModelError(f"{self.name}: prompt has no user turn to hold the image")
+        if messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode_images(self, images: Sequence[Image.Image | str | Path]) -> list[EncodedImage]:
+        """Pooled trunk features per image (cached on disk); the projector runs later, per forward."""
+        pil = [_as_pil(image, i) for i, image in enumerate(images)]
+        features = self.vision(pil)  # (N, T, 1280)
+        return [EncodedImage(BACKEND, features=row, source=None) for row in features]
+
+    def score(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[Prompt],
+        answers: Sequence[str],
+        *,
+        layers: Sequence[int] = (),
+        append_eos: bool = True,
+    ) -> ScoreOutput:
+        _check_lengths(images, prompts, answers)
+        for layer in layers:
+            if not 0 <= layer < self.num_layers:
+                raise ModelError(f"{self.name}: layer {layer} out of range (model has {self.num_layers})")
+        answer_ids = [self._tokenize(answer) + ([self.eos_id] if append_eos else []) for answer in answers]
+        for i, ids in enumerate(answer_ids):
+            if not ids:
+                raise ModelError(f"{self.name}: answer {i} is empty and append_eos is off: nothing to score")
+        batch = self._build_batch(images, prompts, answer_ids)
+        captured: dict[int, torch.Tensor] = {}
+        # Registered after any user hook, so the captured states include the user's edits.
+        handles = [
+            self.decoder_layers[layer].register_forward_hook(_capture(captured, layer)) for layer in layers
+        ]
+        self._set_layout(batch.layout)
+        try:
+            hidden = self.lm.model(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            ).last_hidden_state  # (B, L, d), after the final norm
+        finally:
+            for handle in handles:
+                handle.remove()
+            self._set_layout(None)
+        answer_logits = self._answer_logits(hidden, batch.answer_token_mask)
+        return ScoreOutput(
+            layout=batch.layout,
+            hidden_states=captured,
+            answer_logits=answer_logits,
+            answer_ids=batch.answer_ids,
+            answer_token_mask=batch.answer_token_mask,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[Generation]:
+        """KV-cached decoding by our own loop rather than ``lm.generate(inputs_embeds=...)``.
+
+        The loop owns position ids, the layout each step, and log-probs. Reported log-probs
+        are the model's own (temperature 1, no top-p), so they equal what ``score`` gives
+        for the same tokens whatever sampler picked them.
+        """
+        _check_lengths(images, prompts)
+        if max_new_tokens < 1:
+            raise ModelError(f"{self.name}: max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self._build_batch(images, prompts, None)
+        sampler = _sampler(do_sample, temperature, top_p)
+        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+        size = batch.layout.batch_size
+        mask = batch.attention_mask
+        positions = batch.position_ids[:, -1:]  # (B, 1) last real position of each row
+        cache = DynamicCache(config=self.lm.config)
+        chosen: list[torch.Tensor] = []
+        chosen_logp: list[torch.Tensor] = []
+        finished = torch.zeros(size, dtype=torch.bool, device=self.device)
+        stop = torch.tensor(self.stop_ids, device=self.device)
+        self._set_layout(batch.layout)
+        try:
+            hidden = self.lm.model(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=mask,
+                position_ids=batch.position_ids,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]  # (B, d): left padding puts every row's last token here
+            for _ in range(max_new_tokens):
+                logits = self.lm.lm_head(hidden).float()  # (B, V)
+                token = _pick(logits, chosen, sampler, generator)  # (B,)
+                token = torch.where(finished, torch.full_like(token, self.image_token_id), token)
+                chosen.append(token)
+                chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
+                finished = finished | torch.isin(token, stop)
+                if bool(finished.all()):
+                    break
+                mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
+                positions = positions + 1
+                self._set_layout(TokenLayout.decode_step(size, self.device))
+                hidden = self.lm.model(
+                    inputs_embeds=self._embed_tokens(token[:, None]),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                ).last_hidden_state[:, -1]
+        finally:
+            self._set_layout(None)
+        return self._generations(torch.stack(chosen, 1), torch.stack(chosen_logp, 1))
+
+    def _answer_logits(self, hidden: torch.Tensor, answer_token_mask: torch.Tensor) -> torch.Tensor:
+        """Logits predicting each answer token, (B, T, V), left-aligned as ``ScoreOutput`` wants.
+
+        Left padding puts every answer at the end of its row, so the states predicting answer
+        tokens are a window at the end of the batch; only it goes through the head (a full
+        (B, L, 49152) logits tensor would cost more than the answer needs). The window is
+        rounded up for the same reason as the sequence width (see ``PAD_MULTIPLE``).
+        """
+        size, width = answer_token_mask.shape
+        seq_len = hidden.shape[1]
+        slots = min(_round_up(max(width, 1), ANSWER_SLOT_MULTIPLE), seq_len - 1)
+        window = hidden[:, seq_len - 1 - slots : seq_len - 1]  # (B, S, d): predicts the last S tokens
+        logits = self.lm.lm_head(window)  # (B, S, V)
+        lengths = answer_token_mask.sum(1, keepdim=True)  # (B, 1)
+        # Row b's t_b answer tokens are predicted by the last t_b states of the window.
+        index = (slots - lengths + torch.arange(width, device=hidden.device)).clamp(0, slots - 1)  # (B, T)
+        picked = logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))  # (B, T, V)
+        return picked.masked_fill(~answer_token_mask.unsqueeze(-1), 0.0)
+
+    # --- batch assembly ----------------------------------------------------------------------
+
+    def project(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Projected image tokens (N, T, d), under the caller's grad mode (alignment trains this)."""
+        features = torch.stack([self._features(image, i) for i, image in enumerate(images)])
+        return self.projector(features.to(self.device))
+
+    def _build_batch(
+        self, images: Sequence[ImageInput], prompts: Sequence[Prompt], answer_ids: list[list[int]] | None
+    ) -> EmbeddedBatch:
+        """Left-pad prompt (+ answer) rows and scatter projected image tokens into their embeddings."""
+        rows, image_rows, answer_rows = [], [], []
+        for i, prompt in enumerate(prompts):
+            before, after = self._prompt_pieces(prompt)
+            answer = answer_ids[i] if answer_ids is not None else []
+            rows.append(before + [self.image_token_id] * self.image_tokens + after + answer)
+            image_rows.append((len(before), len(before) + self.image_tokens))
+            answer_rows.append(len(answer))
+        width = _round_up(max(len(row) for row in rows), PAD_MULTIPLE)
+        limit = int(getattr(self.lm.config, "max_position_embeddings", 8192))
+        if width > limit:
+            raise ModelError(f"{self.name}: a prompt of {width} tokens exceeds the model's {limit}")
+        size = len(rows)
+        ids = torch.full((size, width), self.image_token_id, dtype=torch.long)
+        image_mask = torch.zeros(size, width, dtype=torch.bool)
+        answer_mask = torch.zeros(size, width, dtype=torch.bool)
+        attention = torch.zeros(size, width, dtype=torch.long)
+        for b, row in enumerate(rows):
+            pad = width - len(row)
+            ids[b, pad:] = torch.tensor(row)
+            attention[b, pad:] = 1
+            start, end = image_rows[b]
+            image_mask[b, pad + start : pad + end] = True
+            if answer_rows[b]:
+                answer_mask[b, width - answer_rows[b] :] = True
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        image_mask, answer_mask = image_mask.to(self.device), answer_mask.to(self.device)
+        embeds = self._embed_tokens(ids)  # (B, L, d)
+        image_embeds = self.project(images).to(embeds.dtype)  # (B, T_img, d)
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, L): padding does not shift positions
+        answers = answer_ids or [[] for _ in rows]
+        answer_width = max((len(a) for a in answers), default=0)
+        answer_tensor = torch.full((size, answer_width), self.image_token_id, dtype=torch.long)
+        answer_token_mask = torch.zeros(size, answer_width, dtype=torch.bool)
+        for b, answer in enumerate(answers):
+            answer_tensor[b, : len(answer)] = torch.tensor(answer, dtype=torch.long)
+            answer_token_mask[b, : len(answer)] = True
+        layout = TokenLayout(attention.bool(), image_mask, answer_mask)
+        return EmbeddedBatch(
+            embeds,
+            attention,
+            positions,
+            layout,
+            answer_tensor.to(self.device),
+            answer_token_mask.to(self.device),
+        )
+
+    def _prompt_pieces(self, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """Token ids before and after the image placeholder of the rendered prompt."""
+        before, after = self.render_prompt(prompt).split(IMAGE_PLACEHOLDER, 1)
+        return self._tokenize(before), self._tokenize(after)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(ids)
+
+    def _features(self, image: ImageInput, index: int) -> torch.Tensor:
+        if isinstance(image, EncodedImage):
+            if image.backend != BACKEND or not isinstance(image.features, torch.Tensor):
+                raise ModelError(
+                    f"{self.name}: image {index} was encoded by backend {image.backend!r}, not {BACKEND!r}"
+                )
+            if image.features.shape != (self.image_tokens, FEATURE_DIM):
+                raise ModelError(
+                    f"{self.name}: image {index} has features {tuple(image.features.shape)}, "
+                    f"expected {(self.image_tokens, FEATURE_DIM)}"
+                )
+            return image.features
+        return self.encode_images([_as_pil(image, index)])[0].features
+
+    def _generations(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> list[Generation]:
+        """Cut each row after its first stop token; the text drops special tokens."""
+        results = []
+        stops = set(self.stop_ids)
+        for row_tokens, row_logp in zip(tokens.tolist(), logprobs.tolist(), strict=True):
+            end = next((t + 1 for t, tok in enumerate(row_tokens) if tok in stops), len(row_tokens))
+            kept = row_tokens[:end]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            results.append(Generation(text=text, token_ids=kept, token_logprobs=row_logp[:end]))
+        return results
+
+    def _optional_ids(self, token: str) -> list[int]:
+        token_id = self.tokenizer.get_vocab().get(token)
+        return [] if token_id is None or token_id == self.eos_id else [int(token_id)]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def read_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The shipped (or trained) projector folder: its JSON config and tensors."""
+    weights, config_path = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    if not weights.is_file():
+        raise ModelError(
+            f"embedded model: no trained projector at {weights}; run `sdrt align` to train one, "
+            "or load with untrained=True for a random projector"
+        )
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        tensors = load_file(weights)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"embedded model: cannot read {folder}: {exc}") from exc
+    return config, tensors
+
+
+def merge_lora(lm: nn.Module, lora_state: dict[str, torch.Tensor], lora_config: dict[str, Any]) -> nn.Module:
+    """Fold alignment-time LoRA into the language model so inference runs the plain model."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    try:
+        config = LoraConfig(
+            r=int(lora_config["r"]),
+            lora_alpha=int(lora_config["alpha"]),
+            target_modules=list(lora_config["target_modules"]),
+            lora_dropout=0.0,
+        )
+    except KeyError as exc:
+        raise ModelError(f"embedded model: LoRA weights present but config lacks {exc}") from exc
+    peft_model = get_peft_model(lm, config)
+    result = set_peft_model_state_dict(peft_model, lora_state)
+    if result.unexpected_keys:
+        raise ModelError(f"embedded model: LoRA weights do not fit SmolLM2: {result.unexpected_keys[:3]}")
+    merged = peft_model.merge_and_unload()
+    return merged.eval().requires_grad_(False)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _as_pil(image: Any, index: int) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise DataError(f"image {index}: file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except OSError as exc:
+            raise DataError(f"image {index}: cannot read {path}: {exc}") from exc
+    raise ModelError(
+        f"embedded: image {index} is a {type(image).__name__}, expected a PIL image or EncodedImage"
+    )
+
+
+def _check_lengths(*columns: Sequence[Any]) -> None:
+    sizes = [len(column) for column in columns]
+    if len(set(sizes)) != 1:
+        raise ModelError(f"embedded: images, prompts (and answers) differ in length: {sizes}")
+    if sizes[0] == 0:
+        raise ModelError("embedded: empty batch")
+
+
+def _capture(store: dict[int, torch.Tensor], layer: int) -> Any:
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        store[layer] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+def _sampler(do_sample: bool, temperature: float, top_p: float) -> LogitsProcessorList | None:
+    if not do_sample:
+        return None
+    if temperature <= 0 or not 0 < top_p <= 1:
+        raise ModelError(f"embedded: need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def _pick(
+    logits: torch.Tensor,
+    chosen: list[torch.Tensor],
+    sampler: LogitsProcessorList | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Greedy argmax, or a draw from the tempered / nucleus-filtered distribution."""
+    if sampler is None:
+        return logits.argmax(-1)
+    history = torch.stack(chosen, 1) if chosen else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
+    warped = sampler(history, logits)
+    probs = torch.softmax(warped, -1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
