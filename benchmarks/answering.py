@@ -1,0 +1,92 @@
+"""Answering: one direct pass with the SDRT adapter attached vs the K-prompt dual-query ensemble.
+
+This is what distillation buys at inference. The ensemble side is the batched dual-query path
+(the same calls as trace generation), so when the trace-generation figure ran in the same
+process its measurement is reused rather than repeated. The adapter here is freshly built
+(the identity): trained weights would change the words, not the cost of a pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.common import Figure, Inputs, Stopwatch, batches
+from benchmarks.trace_generation import TraceRun, measure
+from sdrt.adapters import AdapterConfig, SDRTAdapter, SkipConfig
+from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.models.base import VisionLanguageModel
+from sdrt.reasoning.modes import Answer, GenerationBudget, answer_direct
+
+
+def sdrt_adapter(model: VisionLanguageModel) -> SDRTAdapter:
+    """The adapter ``sdrt distill`` trains by default: LoReFT at the default layers + cross-modal skip."""
+    defaults = DistillConfig()
+    layers = default_layers(model.num_layers)
+    config = AdapterConfig(
+        layers=layers,
+        rank=defaults.rank,
+        positions=defaults.positions,
+        skip=SkipConfig(enabled=defaults.skip, source_layer=min(layers) // 2, rank=defaults.skip_rank),
+    )
+    return SDRTAdapter.for_model(config, model)
+
+
+@dataclass
+class DirectRun:
+    watch: Stopwatch
+    answers: list[Answer]
+
+    @property
+    def tokens(self) -> int:
+        return sum(a.generated_tokens for a in self.answers)
+
+
+def measure_adapter(
+    model: VisionLanguageModel, inputs: Inputs, budget: GenerationBudget, batch_size: int
+) -> DirectRun:
+    """Direct answers with the adapter attached; images encoded per batch as in the ensemble."""
+    adapter = sdrt_adapter(model)
+    watch, answers = Stopwatch(), []
+    with adapter.attached(model):
+        answer_direct(model, inputs.records[:1], model.encode_images(inputs.images[:1]), budget)  # warm-up
+        for rows in batches(len(inputs.records), batch_size):
+            with watch.timing(model.device):
+                encoded = model.encode_images(inputs.images[rows])
+                answers.extend(answer_direct(model, inputs.records[rows], encoded, budget))
+    return DirectRun(watch, answers)
+
+
+def ensemble_run(
+    model: VisionLanguageModel,
+    inputs: Inputs,
+    budget: GenerationBudget,
+    batch_size: int,
+    reuse: TraceRun | None,
+) -> TraceRun:
+    if reuse is not None and reuse.examples == len(inputs.records) and reuse.k == len(inputs.prompts):
+        return reuse
+    return measure(model, inputs, budget, batch_size, with_baseline=False)
+
+
+def figure(ensemble: TraceRun, direct: DirectRun) -> Figure:
+    n, k = ensemble.examples, ensemble.k
+    ensemble_tokens = ensemble.ours_tokens / n
+    direct_tokens = direct.tokens / n
+    token_ratio = ensemble_tokens / max(direct_tokens, 1e-9)
+    target = 2 * k
+    return Figure(
+        name="answering",
+        baseline=ensemble_tokens,
+        ours=direct_tokens,
+        unit="generated tokens/answer",
+        ratio=token_ratio,
+        meaning="fewer generated tokens, ensemble / adapter",
+        target=f">= 2K = {target}x",
+        met=token_ratio >= target,
+        details={
+            "seconds/answer ensemble": ensemble.ours.seconds / n,
+            "seconds/answer adapter": direct.watch.seconds / n,
+            "time ratio": ensemble.ours.seconds / max(direct.watch.seconds, 1e-9),
+            "K": k,
+        },
+    )

@@ -1,0 +1,148 @@
+"""Trace generation: batched dual-query answering vs one ``generate`` call per example, prompt and step.
+
+Ours is what ``sdrt traces`` runs: per batch of examples, the images are encoded once and all
+K prompts of all examples go through one ``generate`` per step. The baseline is the way one
+would write it by hand: for every example, every prompt and both steps, an independent
+``model.generate`` on the raw PIL image. Same records, prompts, token budgets, greedy decoding.
+The two sides alternate batch by batch, so a busy machine slows both alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmarks.common import Figure, Inputs, Stopwatch, batches
+from sdrt.models.base import VisionLanguageModel
+from sdrt.reasoning.extract import extract_short_answer
+from sdrt.reasoning.modes import Answer, GenerationBudget, answer_dual_query
+
+SPEEDUP_TARGET = 3.0
+
+
+@dataclass
+class NaiveTrace:
+    analysis: str
+    raw_answer: str
+    answer: str
+    tokens: int
+
+
+@dataclass
+class TraceRun:
+    """Both sides of one measurement, with what they generated."""
+
+    examples: int
+    k: int
+    naive: Stopwatch = field(default_factory=Stopwatch)
+    ours: Stopwatch = field(default_factory=Stopwatch)
+    naive_traces: list[list[NaiveTrace]] = field(default_factory=list)
+    ours_answers: list[Answer] = field(default_factory=list)
+
+    @property
+    def naive_tokens(self) -> int:
+        return sum(t.tokens for row in self.naive_traces for t in row)
+
+    @property
+    def ours_tokens(self) -> int:
+        return sum(a.generated_tokens for a in self.ours_answers)
+
+    def agreement(self) -> tuple[int, int, int]:
+        """(same final answers, same analyses, pairs compared) over every (example, prompt)."""
+        same_answer = same_analysis = total = 0
+        for naive_row, answer in zip(self.naive_traces, self.ours_answers, strict=True):
+            for naive, trace in zip(naive_row, answer.traces, strict=True):
+                total += 1
+                same_answer += naive.answer == trace.answer
+                same_analysis += naive.analysis == trace.analysis
+        return same_answer, same_analysis, total
+
+
+def naive_traces(
+    model: VisionLanguageModel, inputs: Inputs, index: int, budget: GenerationBudget
+) -> list[NaiveTrace]:
+    """One example, the unbatched way: 2K independent calls, each re-reading the raw image."""
+    record, image = inputs.records[index], inputs.images[index]
+    out = []
+    for prompt in inputs.prompts:
+        step1 = model.generate(
+            [image], [prompt.step1(record.question, record.choices)], max_new_tokens=budget.analysis_tokens
+        )[0]
+        step2 = model.generate(
+            [image],
+            [prompt.step2(record.question, step1.text, record.choices)],
+            max_new_tokens=budget.answer_tokens,
+        )[0]
+        answer = extract_short_answer(step2.text, record.choices)
+        out.append(NaiveTrace(step1.text, step2.text, answer, step1.num_tokens + step2.num_tokens))
+    return out
+
+
+def ours_batch(
+    model: VisionLanguageModel, inputs: Inputs, rows: slice, budget: GenerationBudget
+) -> list[Answer]:
+    """The batched path of ``sdrt traces``: encode the batch's images once, then two generate calls."""
+    encoded = model.encode_images(inputs.images[rows])
+    return answer_dual_query(model, inputs.records[rows], encoded, inputs.prompts, budget)
+
+
+def measure(
+    model: VisionLanguageModel,
+    inputs: Inputs,
+    budget: GenerationBudget,
+    batch_size: int,
+    *,
+    with_baseline: bool = True,
+) -> TraceRun:
+    """Time both sides on the same batches, alternating which goes first."""
+    run = TraceRun(examples=len(inputs.records), k=len(inputs.prompts))
+    for number, rows in enumerate(batches(len(inputs.records), batch_size)):
+        naive_first = number % 2 == 0
+
+        def do_naive(rows: slice = rows) -> None:
+            with run.naive.timing(model.device):
+                run.naive_traces.extend(
+                    naive_traces(model, inputs, i, budget) for i in range(rows.start, rows.stop)
+                )
+
+        def do_ours(rows: slice = rows) -> None:
+            with run.ours.timing(model.device):
+                run.ours_answers.extend(ours_batch(model, inputs, rows, budget))
+
+        order = [do_naive, do_ours] if naive_first else [do_ours, do_naive]
+        for step in order:
+            if with_baseline or step is do_ours:
+                step()
+    return run
+
+
+def warm_up(model: VisionLanguageModel, inputs: Inputs, budget: GenerationBudget) -> None:
+    """One small untimed pass of both paths, so neither side pays first-call costs (and the
+    embedded model's on-disk feature cache holds every image for both)."""
+    model.encode_images(inputs.images)
+    small = GenerationBudget(analysis_tokens=2, answer_tokens=2)
+    naive_traces(model, inputs.first(1), 0, small)
+    ours_batch(model, inputs.first(1), slice(0, 1), small)
+
+
+def figure(run: TraceRun) -> Figure:
+    n = run.examples
+    naive, ours = run.naive.seconds / n, run.ours.seconds / n
+    same_answer, same_analysis, total = run.agreement()
+    speedup = naive / ours
+    return Figure(
+        name="trace generation",
+        baseline=naive,
+        ours=ours,
+        unit="s/example",
+        ratio=speedup,
+        meaning="speed-up, baseline / ours",
+        target=f">= {SPEEDUP_TARGET:g}x",
+        met=speedup >= SPEEDUP_TARGET,
+        details={
+            "examples": n,
+            "K": run.k,
+            "answers agree": f"{same_answer}/{total}",
+            "analyses agree": f"{same_analysis}/{total}",
+            "tokens baseline/ours": f"{run.naive_tokens}/{run.ours_tokens}",
+        },
+    )

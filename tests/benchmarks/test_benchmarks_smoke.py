@@ -1,0 +1,88 @@
+"""Smoke tests of the benchmark entry points on the tiny backend: they run and print sane ratios.
+
+No timing thresholds: a busy machine may make any side slower. Only the shape of the output
+(every figure line present, ratios finite and positive) is checked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RATIO = re.compile(r"^(?P<name>[a-z -]+): baseline .*?, ratio (?P<ratio>\S+) \(")
+MAIN_FIGURES = ("trace generation", "distillation step", "answering")
+
+
+def run_module(args: list[str], tmp_path: Path) -> str:
+    env = os.environ | {"SDRT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def ratios(output: str) -> dict[str, float]:
+    found = {}
+    for line in output.splitlines():
+        match = RATIO.match(line)
+        if match:
+            found[match["name"]] = float(match["ratio"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def quick_output(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return run_module(["benchmarks", "--quick", "--model", "tiny:llava"], tmp_path_factory.mktemp("bench"))
+
+
+def test_quick_run_prints_three_finite_positive_ratios(quick_output: str) -> None:
+    found = ratios(quick_output)
+    for name in MAIN_FIGURES:
+        assert name in found, f"no {name!r} line in:\n{quick_output}"
+        assert math.isfinite(found[name]) and found[name] > 0, (name, found[name])
+
+
+def test_quick_run_prints_scaling_table_and_agreement(quick_output: str) -> None:
+    assert "| K | 1 |" in quick_output
+    assert re.search(r"answers agree \d+/\d+", quick_output)
+
+
+def test_parse_ratios_reads_what_figures_print() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import Figure, parse_ratios
+
+    line = Figure("answering", 24.0, 4.0, "tokens", 6.0, "fewer", target=">= 4x", met=True).line()
+    assert parse_ratios(line) == {"answering": 6.0}
+
+
+def test_write_doc_keeps_hand_written_text(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import doc
+    from benchmarks.common import Figure, Machine
+
+    path = tmp_path / "performance.md"
+    path.write_text(f"# Perf\n\nhand-written above\n\n{doc.BEGIN}\nold\n{doc.END}\n\nhand-written below\n")
+    figure = Figure("trace generation", 3.0, 1.0, "s/example", 3.0, "speed-up", target=">= 3x", met=True)
+    report = doc.Report("cmd", "tiny:llava", "", Machine("cpu", 2, "2.x", 1), [figure], "| t |", 1.0, "today")
+    doc.write(report, path)
+    text = path.read_text()
+    assert "hand-written above" in text and "hand-written below" in text and "old" not in text
+    assert "| trace generation (speed-up) |" in text
+
+
+def test_gpu_script_parses_and_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu.sh")], check=True)
+    out = run_module(
+        ["benchmarks.gpu", "--device", "cpu", "--scale", "tiny", "--out", str(tmp_path / "gpu")], tmp_path
+    )
+    found = ratios(out)
+    assert all(name in found and found[name] > 0 for name in MAIN_FIGURES), out
+    assert (tmp_path / "gpu" / "results.json").is_file()
