@@ -141,7 +141,7 @@ class DistillTrainer:
         self.examples = examples
         self.library = library
         self.layers = config.layers or default_layers(model.num_layers)
-        self.adapter = SDRTAdapter(self.adapter_config(), model.hidden_size).to(model.device)
+        self.adapter = SDRTAdapter.for_model(self.adapter_config(), model).to(model.device)
         self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
