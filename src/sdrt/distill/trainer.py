@@ -136,6 +136,11 @@ class DistillTrainer:
         examples: list[DistillExample],
         library: PromptLibrary,
     ) -> None:
+        counts = {len(ex.prompt_ids) for ex in examples}
+        if len(counts) != 1:
+            raise DistillError(f"all traces must have the same number of prompts per example, found {counts}")
+        if config.gate and counts == {1}:
+            raise DistillError("the learned gate mixes one head per prompt: it needs traces with K >= 2")
         self.config = config
         self.model = model
         self.examples = examples
