@@ -113,3 +113,21 @@ def test_malformed_jsonl_is_named_or_skipped(tmp_path, image):
     assert skipped.returncode == 0, skipped.stderr
     assert "skip" in skipped.stderr.lower()
     assert "1 new examples" in skipped.stderr
+
+
+def test_ask_with_an_adapter_answers_in_one_pass(image, tmp_path):
+    from sdrt.adapters.config import AdapterConfig
+    from sdrt.adapters.files import save_adapter
+    from sdrt.adapters.model import SDRTAdapter
+    from sdrt.models.tiny import load_tiny_model
+
+    adapter = SDRTAdapter.for_model(AdapterConfig(layers=[1], rank=2), load_tiny_model("llava"))
+    folder = save_adapter(adapter, tmp_path / "adapter")
+    question = ["--model", "tiny:llava", "--image", str(image), "--question", "what color?"]
+    plain = sdrt("ask", *question)
+    adapted = sdrt("ask", *question, "--adapter", str(folder))
+    assert adapted.returncode == 0, adapted.stderr
+    assert adapted.stdout == plain.stdout  # a fresh adapter is the identity
+
+    other = sdrt("ask", *question[:1], "tiny:qwen2-vl", *question[2:], "--adapter", str(folder))
+    assert_clean_error(other, "config hash")
