@@ -31,7 +31,7 @@ class DistillConfig(StrictModel):
     out: Path = Path("runs/adapter")
 
     # the adapter
-    layers: list[int] | None = None  # None: four layers spread over the upper two thirds
+    layers: list[int] | None = None  # None: four layers spread over the upper half
     rank: int = Field(default=4, ge=1)
     positions: list[str] = Field(default_factory=lambda: ["last_prompt:4", "answer"])
     skip: bool = True
@@ -65,8 +65,13 @@ class DistillConfig(StrictModel):
 
 
 def default_layers(num_layers: int, count: int = 4) -> list[int]:
-    """``count`` layers spread evenly over the upper two thirds of the stack."""
-    lowest = max(1, num_layers // 3)
+    """``count`` layers spread evenly over the upper half of the stack.
+
+    Upper layers carry what the answer needs, and the backward pass stops at the lowest
+    intervened layer (everything below is frozen and needs no gradient), so the step costs
+    about half a backward pass, where a LoRA on every layer pays for a whole one.
+    """
+    lowest = max(1, num_layers // 2)
     if num_layers - lowest <= count:
         return list(range(lowest, num_layers))
     step = (num_layers - 1 - lowest) / (count - 1)
