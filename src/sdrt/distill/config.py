@@ -56,6 +56,9 @@ class DistillConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = Field(default=20, ge=1)
     cache_teacher: bool = False
+    teacher_cache_dir: Path | None = (
+        None  # default <out>/teacher-cache; runs on the same traces may share one
+    )
     device: str = "cpu"
 
     @field_validator("traces", mode="before")

@@ -14,6 +14,7 @@ wrapper does not apply; gradients are all-reduced explicitly instead.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -151,7 +152,7 @@ class DistillTrainer:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.cache = (
-            TeacherCache(config.out / "teacher-cache", self._cache_fingerprint())
+            TeacherCache(config.teacher_cache_dir or config.out / "teacher-cache", self._cache_fingerprint())
             if config.cache_teacher
             else None
         )
@@ -181,7 +182,10 @@ class DistillTrainer:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _cache_fingerprint(self) -> str:
-        return f"{self.model.config_hash}:{self.layers}:{self.library.content_hash}:{self.config.top_k}"
+        """What teacher targets depend on: a cache made for anything else is never read."""
+        manifests = [TraceStore(folder).manifest() for folder in self.config.traces]
+        traces = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.model.config_hash}:{self.layers}:{self.library.content_hash}:{self.config.top_k}:{traces}"
 
     # --- one step ------------------------------------------------------------------------------
 
