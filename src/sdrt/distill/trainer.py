@@ -185,7 +185,8 @@ class DistillTrainer:
         """What teacher targets depend on: a cache made for anything else is never read."""
         manifests = [TraceStore(folder).manifest() for folder in self.config.traces]
         traces = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
-        return f"{self.model.config_hash}:{self.layers}:{self.library.content_hash}:{self.config.top_k}:{traces}"
+        parts = (self.model.config_hash, self.layers, self.library.content_hash, self.config.top_k, traces)
+        return ":".join(str(part) for part in parts)
 
     # --- one step ------------------------------------------------------------------------------
 
