@@ -138,6 +138,9 @@ def distill(
     cache_teacher: Annotated[
         bool | None, typer.Option("--cache-teacher/--online-teacher", help="cache teacher targets on disk")
     ] = None,
+    teacher_cache: Annotated[
+        Path | None, typer.Option(help="teacher cache folder to share between runs")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
 ) -> None:
     """Train SDRT adapters so that one direct pass matches the K reasoning teachers."""
@@ -152,6 +155,7 @@ def distill(
         out=out,
         steps=steps,
         cache_teacher=cache_teacher,
+        teacher_cache_dir=teacher_cache,
         device=device,
     )
     result = distill_with_progress(cfg)
