@@ -157,7 +157,8 @@ def build_data(vlm: EmbeddedVLM, config: AlignConfig) -> AlignData:
     examples: dict[str, list[Example]] = {"easy-vqa": [], "scenes": []}
     for source, records in (("easy-vqa", easy), ("scenes", scene)):
         for record in records:
-            key = record.image_path or f"{record.id}#image"
+            # A scene's records share one in-memory image: encode it once.
+            key = record.image_path or f"in-memory@{id(record.image)}"
             if key not in table:
                 table[key] = len(images)
                 images.append(record.load_image())

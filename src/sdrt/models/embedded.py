@@ -283,14 +283,14 @@ class EmbeddedVLM(VisionLanguageModel):
                 cache=cache,
                 use_cache=True,
             ).last_hidden_state[:, -1]  # (B, d): left padding puts every row's last token here
-            for _ in range(max_new_tokens):
+            for step in range(max_new_tokens):
                 logits = self.lm.lm_head(hidden).float()  # (B, V)
                 token = _pick(logits, chosen, sampler, generator)  # (B,)
                 token = torch.where(finished, torch.full_like(token, self.image_token_id), token)
                 chosen.append(token)
                 chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
                 finished = finished | torch.isin(token, stop)
-                if bool(finished.all()):
+                if bool(finished.all()) or step + 1 == max_new_tokens:
                     break
                 mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
                 positions = positions + 1
@@ -328,8 +328,15 @@ class EmbeddedVLM(VisionLanguageModel):
     # --- batch assembly ----------------------------------------------------------------------
 
     def project(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Projected image tokens (N, T, d), under the caller's grad mode (alignment trains this)."""
-        features = torch.stack([self._features(image, i) for i, image in enumerate(images)])
+        """Projected image tokens (N, T, d), under the caller's grad mode (alignment trains this).
+
+        Raw images are encoded together in one batch, as ``encode_images`` would encode them.
+        """
+        raw = [i for i, image in enumerate(images) if not isinstance(image, EncodedImage)]
+        pictures = [_as_pil(images[i], i) for i in raw]
+        encoded = dict(zip(raw, self.encode_images(pictures), strict=True)) if raw else {}
+        rows = [self._features(encoded.get(i, image), i) for i, image in enumerate(images)]
+        features = torch.stack(rows)  # (N, T, 1280)
         return self.projector(features.to(self.device))
 
     def _build_batch(
@@ -406,7 +413,7 @@ class EmbeddedVLM(VisionLanguageModel):
                     f"expected {(self.image_tokens, FEATURE_DIM)}"
                 )
             return image.features
-        return self.encode_images([_as_pil(image, index)])[0].features
+        raise ModelError(f"{self.name}: image {index} is a {type(image).__name__}, expected an EncodedImage")
 
     def _generations(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> list[Generation]:
         """Cut each row after its first stop token; the text drops special tokens."""

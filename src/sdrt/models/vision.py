@@ -79,7 +79,8 @@ class VisionEncoder:
         """Features of each image, from the cache where present: (N, grid*grid, 1280)."""
         keys = [image_key(img) for img in images]
         found = {key: feats for key in set(keys) if (feats := self._read(key)) is not None}
-        missing = [i for i, key in enumerate(keys) if key not in found]
+        first_of = {key: i for i, key in reversed(list(enumerate(keys)))}
+        missing = [i for key, i in first_of.items() if key not in found]  # each new image once
         if missing:
             # Rounded as the cache stores them, so a hit and a miss give identical features.
             fresh = self.compute([images[i] for i in missing]).half().float()

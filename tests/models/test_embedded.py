@@ -1,0 +1,312 @@
+"""The embedded VLM against the model interface: log-probs, hidden states, layouts, padding, errors.
+
+Uses the shipped projector when present, else a seeded random one: every check here is an
+equality or a shape, never the words a model writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sdrt.data.records import DataError
+from sdrt.models.base import EncodedImage, ModelError, TokenLayout
+
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("gguf")
+
+# Read at collection, before any fixture can point SDRT_CACHE at a fresh temporary folder:
+# the converted SmolLM2 lives in the user's cache and converting it again costs a minute.
+USER_CACHE = os.environ.get("SDRT_CACHE")
+
+
+@pytest.fixture(scope="module")
+def user_cache():
+    """The user's SDRT_CACHE, whatever other test modules set it to."""
+    with pytest.MonkeyPatch.context() as patch:
+        if USER_CACHE is None:
+            patch.delenv("SDRT_CACHE", raising=False)
+        else:
+            patch.setenv("SDRT_CACHE", USER_CACHE)
+        yield
+
+
+@pytest.fixture(scope="module")
+def vlm(user_cache):
+    from sdrt.models.embedded import WEIGHTS_DIR, WEIGHTS_FILE, EmbeddedVLM
+
+    untrained = not (WEIGHTS_DIR / WEIGHTS_FILE).is_file()
+    return EmbeddedVLM.load(untrained=untrained, feature_cache=False)
+
+
+def shape_image(colour: str, shape: str) -> Image.Image:
+    image = Image.new("RGB", (64, 64), "white")
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((12, 12, 52, 52), fill=colour)
+    else:
+        draw.rectangle((14, 20, 50, 44), fill=colour)
+    return image
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    return [shape_image("red", "circle"), shape_image("blue", "rectangle")]
+
+
+PROMPTS = ["what color is the shape?", "Is there a circle in the image? Answer yes or no, then explain."]
+
+
+def test_generation_logprobs_equal_score_of_generated_text(vlm, images):
+    generations = vlm.generate(images, PROMPTS, max_new_tokens=5)
+    for image, prompt, generation in zip(images, PROMPTS, generation_list(generations), strict=True):
+        assert len(generation.token_logprobs) == len(generation.token_ids) > 0
+        assert "<|im_end|>" not in generation.text and "<|im_start|>" not in generation.text
+        ended = generation.token_ids[-1] in vlm.stop_ids
+        text_ids = generation.token_ids[:-1] if ended else generation.token_ids
+        assert vlm.tokenizer.decode(text_ids, skip_special_tokens=True) == generation.text
+        assert vlm._tokenize(generation.text) == text_ids, "generated text must re-tokenise to its own ids"
+        with torch.no_grad():
+            scored = vlm.score([image], [prompt], [generation.text], append_eos=ended)
+        assert scored.answer_logprobs()[0].item() == pytest.approx(generation.logprob, abs=1e-4)
+
+
+def generation_list(generations):
+    assert isinstance(generations, list)
+    return generations
+
+
+def test_hidden_states_have_layer_shape_and_equal_hook_view(vlm, images):
+    layers = [0, 7, vlm.num_layers - 1]
+    seen: dict[int, torch.Tensor] = {}
+
+    def record(layer: int, hidden: torch.Tensor, layout: TokenLayout) -> None:
+        seen[layer] = hidden.detach().clone()
+
+    handles = [vlm.add_layer_hook(layer, record) for layer in layers]
+    try:
+        with torch.no_grad():
+            out = vlm.score(images, PROMPTS, ["red", "yes"], layers=layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+    batch, length = out.layout.batch_size, out.layout.seq_len
+    for layer in layers:
+        assert out.hidden_states[layer].shape == (batch, length, vlm.hidden_size)
+        torch.testing.assert_close(out.hidden_states[layer], seen[layer], rtol=0, atol=0)
+    assert not torch.equal(out.hidden_states[0], out.hidden_states[layers[-1]])
+
+
+def test_hook_edit_is_seen_by_captured_states_and_changes_logits(vlm, images):
+    with torch.no_grad():
+        plain = vlm.score(images[:1], PROMPTS[:1], ["red"], layers=[3])
+
+    def shift(layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return hidden + layout.answer_mask.unsqueeze(-1).to(hidden.dtype)
+
+    with vlm.add_layer_hook(3, shift), torch.no_grad():
+        edited = vlm.score(images[:1], PROMPTS[:1], ["red"], layers=[3])
+    answer = plain.layout.answer_mask[0]
+    torch.testing.assert_close(edited.hidden_states[3][0, answer], plain.hidden_states[3][0, answer] + 1)
+    assert not torch.allclose(edited.answer_logits, plain.answer_logits)
+
+
+def test_layout_counts_image_and_answer_tokens_per_row(vlm, images):
+    answers = ["red", "yes it is a circle"]
+    with torch.no_grad():
+        out = vlm.score(images, PROMPTS, answers)
+    layout = out.layout
+    assert layout.image_mask.sum(1).tolist() == [vlm.image_tokens] * 2
+    expected_answer = [len(vlm._tokenize(a)) + 1 for a in answers]  # + eos
+    assert layout.answer_mask.sum(1).tolist() == expected_answer
+    assert out.answer_token_mask.sum(1).tolist() == expected_answer
+    for row in range(2):
+        positions = layout.image_mask[row].nonzero().squeeze(-1)
+        assert (positions.diff() == 1).all(), "image tokens must be contiguous"
+        assert layout.attention_mask[row, positions].all()
+        assert not (layout.image_mask[row] & layout.answer_mask[row]).any()
+    assert out.answer_ids[1, expected_answer[1] - 1].item() == vlm.eos_id
+
+
+def test_left_padding_gives_the_same_answer_logits(vlm, images):
+    long_prompt = "Look carefully at every part of the picture before you reply. " * 4 + PROMPTS[1]
+    with torch.no_grad():
+        alone = vlm.score(images[:1], PROMPTS[:1], ["red"])
+        batched = vlm.score([images[0], images[1]], [PROMPTS[0], long_prompt], ["red", "no"])
+    assert batched.layout.attention_mask[0].sum() < batched.layout.attention_mask[1].sum()
+    width = int(alone.answer_token_mask[0].sum())
+    torch.testing.assert_close(
+        batched.answer_logits[0, :width], alone.answer_logits[0, :width], rtol=0, atol=1e-4
+    )
+
+
+def test_left_padding_gives_the_same_greedy_generation(vlm, images):
+    long_prompt = "Please be precise. " * 6 + PROMPTS[0]
+    alone = vlm.generate(images[:1], PROMPTS[:1], max_new_tokens=3)[0]
+    batched = vlm.generate([images[0], images[1]], [PROMPTS[0], long_prompt], max_new_tokens=3)[0]
+    assert batched.token_ids == alone.token_ids
+    assert batched.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-4)
+
+
+def test_hooks_see_prefill_layout_then_decode_steps(vlm, images):
+    calls: list[TokenLayout] = []
+
+    def record(layer: int, hidden: torch.Tensor, layout: TokenLayout) -> None:
+        assert hidden.shape[:2] == (layout.batch_size, layout.seq_len)
+        calls.append(layout)
+
+    with vlm.add_layer_hook(2, record):
+        generations = vlm.generate(images, PROMPTS, max_new_tokens=3)
+    prefill, *steps = calls
+    assert prefill.seq_len > 1
+    assert prefill.image_mask.sum(1).tolist() == [vlm.image_tokens] * 2
+    assert not prefill.answer_mask.any()
+    longest = max(g.num_tokens for g in generations)
+    assert len(steps) == longest - 1  # the last chosen token is never fed back
+    for step in steps:
+        assert step.seq_len == 1 and step.answer_mask.all() and not step.image_mask.any()
+
+
+def test_encoded_images_reuse_gives_identical_outputs(vlm, images):
+    encoded = vlm.encode_images(images)
+    assert all(isinstance(e, EncodedImage) and e.backend == "embedded" for e in encoded)
+    assert encoded[0].features.shape == (vlm.image_tokens, 1280)
+    with torch.no_grad():
+        raw = vlm.score(images, PROMPTS, ["red", "yes"])
+        first = vlm.score(encoded, PROMPTS, ["red", "yes"])
+        second = vlm.score(encoded, PROMPTS[::-1], ["yes", "red"])
+    assert torch.equal(raw.answer_logits, first.answer_logits)
+    assert not torch.equal(first.answer_logits[0], second.answer_logits[0])  # other prompt, other logits
+    assert [g.token_ids for g in vlm.generate(encoded, PROMPTS, max_new_tokens=2)] == [
+        g.token_ids for g in vlm.generate(images, PROMPTS, max_new_tokens=2)
+    ]
+
+
+def test_seeded_sampling_is_reproducible(vlm, images):
+    first = vlm.generate(
+        images, PROMPTS, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3
+    )
+    again = vlm.generate(
+        images, PROMPTS, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3
+    )
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+
+
+def test_render_prompt_puts_the_image_in_the_first_user_turn(vlm):
+    from sdrt.models.embedded import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
+
+    rendered = vlm.render_prompt([("user", "first"), ("assistant", "reply"), ("user", "second")])
+    assert rendered.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>")
+    assert rendered.count(IMAGE_PLACEHOLDER) == 1
+    assert rendered.index(IMAGE_PLACEHOLDER) < rendered.index("first") < rendered.index("second")
+    assert rendered.endswith("<|im_start|>assistant\n")
+    own_system = vlm.render_prompt([("system", "Be terse."), ("user", "q")])
+    assert SYSTEM_PROMPT not in own_system and "Be terse." in own_system
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        (lambda m, im: m.encode_images([Path("/nonexistent/picture.png")]), DataError, "picture.png"),
+        (lambda m, im: m.generate([42], ["q"]), ModelError, "image 0"),
+        (lambda m, im: m.generate(im, ["only one prompt"]), ModelError, "differ in length"),
+        (lambda m, im: m.score(im[:1], ["q"], ["a"], layers=[99]), ModelError, "layer 99"),
+        (lambda m, im: m.generate([EncodedImage("hf", torch.zeros(16, 1280))], ["q"]), ModelError, "'hf'"),
+        (lambda m, im: m.generate(im[:1], ["what is <image>?"]), ModelError, "<image>"),
+        (lambda m, im: m.generate(im[:1], [[("system", "only a system turn")]]), ModelError, "no user turn"),
+        (lambda m, im: m.generate(im[:1], ["q"], max_new_tokens=0), ModelError, "max_new_tokens"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(vlm, images, call, error, words):
+    with pytest.raises(error, match=None) as caught:
+        call(vlm, images)
+    assert words in str(caught.value)
+
+
+def test_missing_weights_folder_is_a_clear_error(tmp_path):
+    from sdrt.models.embedded import read_weights
+
+    with pytest.raises(ModelError, match="sdrt align"):
+        read_weights(tmp_path)
+
+
+def test_config_dict_names_the_parts(vlm):
+    config = vlm.config_dict()
+    assert config["backend"] == "embedded" and config["image_tokens"] == vlm.image_tokens
+    assert config["hidden_size"] == vlm.hidden_size == vlm.decoder_layers[0].self_attn.q_proj.in_features
+    assert len(vlm.config_hash) == 16
+
+
+# --- alignment -------------------------------------------------------------------------------
+
+
+def test_align_config_keeps_multi_hop_out():
+    from pydantic import ValidationError
+
+    from sdrt.models.align import AlignConfig
+
+    with pytest.raises(ValidationError, match="multi-hop"):
+        AlignConfig(scene_kinds=["describe", "multi-hop"])
+
+
+def test_batches_depend_only_on_seed_and_step_and_come_from_one_pool():
+    from sdrt.models.align import AlignConfig, AlignData, Example, sample_batch
+
+    pools = {
+        "easy": [Example(i, f"q{i}", "yes", "easy-vqa") for i in range(50)],
+        "hop": [Example(i, f"s{i}", "2", "scenes") for i in range(50)],
+        "describe": [Example(i, "Describe the image.", "a red circle", "scenes") for i in range(50)],
+    }
+    data = AlignData(torch.zeros(50, 16, 1280), pools["easy"], pools["hop"], pools["describe"])
+    config = AlignConfig(batch_size=6, scene_share=0.5, describe_share=0.5, seed=4)
+    batches = [sample_batch(data, config, step) for step in range(40)]
+    assert batches == [sample_batch(data, config, step) for step in range(40)]
+    assert batches[3] != batches[4]
+    origins = {tuple(sorted({id_of(pools, e) for e, _ in batch})) for batch in batches}
+    assert origins == {("easy",), ("hop",), ("describe",)}
+
+
+def id_of(pools: dict[str, list], example) -> str:
+    return next(name for name, pool in pools.items() if any(e is example for e in pool))
+
+
+def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from sdrt.models import align as alignment
+    from sdrt.models.embedded import WEIGHTS_FILE
+
+    def config(out: Path) -> alignment.AlignConfig:
+        return alignment.AlignConfig(
+            out=out,
+            steps=2,
+            batch_size=2,
+            easyvqa_limit=12,
+            checkpoint_every=1,
+            eval_questions=0,
+            lora_rank=2,
+        )
+
+    straight = load_file(alignment.align(config(tmp_path / "straight")) / WEIGHTS_FILE)
+    real_step, calls = alignment.train_step, []
+
+    def dies_on_second_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(alignment, "train_step", dies_on_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        alignment.align(config(tmp_path / "killed"))
+    monkeypatch.setattr(alignment, "train_step", real_step)
+    resumed = load_file(alignment.align(config(tmp_path / "killed")) / WEIGHTS_FILE)
+    log = (tmp_path / "killed" / "train_log.txt").read_text()
+    assert "resumed from" in log and "at step 1" in log
+    assert resumed.keys() == straight.keys() and any(k.startswith("lora.") for k in resumed)
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
