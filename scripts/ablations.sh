@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/demo}
 STEPS=${STEPS:-60}
-LIMIT=${LIMIT:-100}
+LIMIT=${LIMIT:-60}
 SDRT=.venv/bin/sdrt
 traces=(--traces "$WORK/traces-easy-vqa" --traces "$WORK/traces-scenes-multi-hop")
 for variant in no-skip uniform-weights ce-only hidden-only; do

@@ -212,7 +212,8 @@ def benchmarks(
 
 @app.command()
 def demo(
-    eval_examples: Annotated[int, typer.Option(help="held-out questions per benchmark")] = 100,
+    eval_examples: Annotated[int, typer.Option(help="held-out questions per benchmark")] = 60,
+    train_examples: Annotated[int, typer.Option(help="training questions per source (no labels used)")] = 64,
     steps: Annotated[int, typer.Option(help="distillation steps")] = 60,
     work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("report"),
@@ -221,7 +222,14 @@ def demo(
     from sdrt.demo import DemoPlan, run_demo
 
     run_demo(
-        DemoPlan(eval_examples=eval_examples, distill_steps=steps, work_dir=work_dir, report_dir=report_dir)
+        DemoPlan(
+            train_easy_vqa=train_examples,
+            train_scenes=train_examples,
+            eval_examples=eval_examples,
+            distill_steps=steps,
+            work_dir=work_dir,
+            report_dir=report_dir,
+        )
     )
 
 

@@ -34,9 +34,9 @@ TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
 class DemoPlan:
     model: str = "embedded"
     k: int = 3
-    train_easy_vqa: int = 96
-    train_scenes: int = 96
-    eval_examples: int = 100
+    train_easy_vqa: int = 64
+    train_scenes: int = 64
+    eval_examples: int = 60
     distill_steps: int = 60
     batch_size: int = 8
     seed: int = 0
