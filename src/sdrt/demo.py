@@ -48,19 +48,21 @@ class DemoPlan:
         return {source: self.work_dir / f"traces-{source.replace(':', '-')}" for source in TRAIN_SOURCES}
 
 
-def run_traces(plan: DemoPlan) -> None:
+def run_traces(plan: DemoPlan, model) -> None:
     sizes = dict(zip(TRAIN_SOURCES, (plan.train_easy_vqa, plan.train_scenes), strict=True))
     for name, folder in plan.trace_dirs.items():
         console.rule(f"traces: {name} (train, {sizes[name]} questions, K={plan.k})")
-        run_trace_job(
+        stats = run_trace_job(
             TraceConfig(
                 model=plan.model,
                 data=DataSource(source=name, split="train", limit=sizes[name], seed=plan.seed),
                 k=plan.k,
                 batch_size=plan.batch_size,
                 out=folder,
-            )
+            ),
+            model,
         )
+        console.print(f"traces: {stats.examples_done} new, {stats.examples_already_done} already on disk")
 
 
 def run_distill(plan: DemoPlan, model) -> Path:
@@ -121,8 +123,8 @@ def load_results(path: Path) -> EvalResults:
 
 def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    run_traces(plan)
     model = load_model(plan.model)
+    run_traces(plan, model)
     adapter_dir = run_distill(plan, model)
     results = run_eval(plan, model, adapter_dir)
     console.print(results_table(results))

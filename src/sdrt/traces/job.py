@@ -5,7 +5,7 @@ from __future__ import annotations
 from sdrt.config import TraceConfig
 from sdrt.data import load_records
 from sdrt.data.records import VQARecord
-from sdrt.models import load_model
+from sdrt.models import VisionLanguageModel, load_model
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
 from sdrt.reasoning.modes import GenerationBudget
@@ -34,13 +34,13 @@ def read_data(config: TraceConfig) -> list[VQARecord]:
     )
 
 
-def run_trace_job(config: TraceConfig) -> TraceRunStats:
+def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None) -> TraceRunStats:
     library = PromptLibrary.load(config.prompts_yaml)
     records = read_data(config)
     prompts = select_prompts(library, config.prompts, config.k, records[0].task_type if records else "scene")
     rank = DistributedRank.from_env()
     store = TraceStore(config.out, rank=rank.rank)
-    model = load_model(config.model, device=config.device)
+    model = model or load_model(config.model, device=config.device)
     store.check_or_write_manifest(
         {
             "model": config.model,

@@ -1,0 +1,31 @@
+"""The demo pipeline end to end on a tiny backend: every stage, the report, and reuse on a rerun."""
+
+from sdrt.demo import DemoPlan, run_demo
+
+
+def test_demo_end_to_end_and_rerun(tmp_path, capsys):
+    plan = DemoPlan(
+        model="tiny:llava",
+        k=2,
+        train_easy_vqa=4,
+        train_scenes=4,
+        eval_examples=3,
+        distill_steps=2,
+        batch_size=4,
+        work_dir=tmp_path / "runs",
+        report_dir=tmp_path / "report",
+    )
+    report = run_demo(plan)
+    text = report.read_text()
+    for mode in ("direct", "ensemble", "adapter"):
+        for benchmark in ("easy-vqa", "scenes"):
+            assert f"| {benchmark} | {mode} |" in text
+    for picture in ("score_vs_cost.png", "per_prompt.png", "training.png"):
+        assert (plan.report_dir / picture).stat().st_size > 1000
+    assert (plan.work_dir / "adapter" / "adapter_config.json").exists()
+    capsys.readouterr()
+
+    run_demo(plan)  # a rerun reuses every finished stage
+    output = capsys.readouterr()
+    assert "reusing" in output.out + output.err
+    assert "0 new, 4 already on disk" in output.out + output.err
