@@ -119,6 +119,7 @@ def align(
     from sdrt.models.align import align as run_align
 
     cfg = load_config(AlignConfig, config, out=out, steps=steps)
+    logging.getLogger("sdrt.models.align").setLevel(logging.INFO)  # step, loss and speed as it trains
     path = run_align(cfg)
     print(path)
 
