@@ -119,8 +119,10 @@ def align(
     from sdrt.models.align import align as run_align
 
     cfg = load_config(AlignConfig, config, out=out, steps=steps)
-    logging.getLogger("sdrt.models.align").setLevel(logging.INFO)  # step, loss and speed as it trains
-    path = run_align(cfg)
+    from sdrt.progress import progress_bar
+
+    with progress_bar(cfg.steps, "align", unit="step") as advance:
+        path = run_align(cfg, on_step=lambda step, loss: advance(1, loss=loss))
     print(path)
 
 

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -102,8 +102,11 @@ class AlignData:
         return len(self.single_hop) + len(self.describe)
 
 
-def align(config: AlignConfig) -> Path:
-    """Train, checkpointing as it goes; returns the folder holding the exported weights."""
+def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train, checkpointing as it goes; returns the folder holding the exported weights.
+
+    ``on_step(step, loss)`` is called after every step (the CLI drives a progress bar with it).
+    """
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
     vlm = EmbeddedVLM.load(untrained=True, grid=config.grid, seed=config.seed)
@@ -123,6 +126,8 @@ def align(config: AlignConfig) -> Path:
             vlm, optimizer, schedule, sample_batch(data, config, step), data.features, config.bf16
         )
         losses.append(loss)
+        if on_step:
+            on_step(step + 1, loss)
         if (step + 1) % config.log_every == 0:
             seconds = (time.perf_counter() - clock) / len(losses)
             note(
@@ -181,13 +186,9 @@ def encode_chunk(vlm: EmbeddedVLM, images: Sequence[Any]) -> torch.Tensor:
 
 def scene_records(config: AlignConfig) -> list[VQARecord]:
     """Describe and single-hop records of seeded generated scenes (never multi-hop)."""
-    try:
-        from sdrt.data.scenes import make_scenes
-        from sdrt.data.scenes import scene_records as records_of
-    except ImportError as exc:
-        raise DataError(
-            f"scenes requested ({config.scenes}) but the scene generator is unavailable: {exc}"
-        ) from exc
+    from sdrt.data.scenes import make_scenes
+    from sdrt.data.scenes import scene_records as records_of
+
     records = records_of(make_scenes(config.scenes, seed=config.seed), kinds=set(config.scene_kinds))
     kept = [r for r in records if int(r.metadata.get("hops", 0)) <= 1]
     if not kept:
