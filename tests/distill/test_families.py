@@ -1,0 +1,63 @@
+"""The whole pipeline (traces -> distillation -> adapter answers) on each tiny transformers family."""
+
+import pytest
+
+from sdrt.adapters.files import load_adapter
+from sdrt.data import load_records
+from sdrt.distill.config import DistillConfig
+from sdrt.distill.trainer import run_distillation
+from sdrt.models.tiny import load_tiny_model
+from sdrt.prompts.library import PromptLibrary, direct_prompt
+from sdrt.reasoning.modes import GenerationBudget
+from sdrt.traces.generate import generate_traces
+from sdrt.traces.store import TraceStore
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "idefics3"])
+def test_pipeline_on_family(family, tmp_path):
+    model = load_tiny_model(family)
+    library = PromptLibrary.load()
+    records = load_records("scenes", split="train", limit=4, seed=0)
+    prompts = library.select(task_type="scene", k=2)
+    store = TraceStore(tmp_path / "traces")
+    store.check_or_write_manifest(
+        {
+            "model": f"tiny:{family}",
+            "model_config_hash": model.config_hash,
+            "data": {"source": "scenes", "split": "train", "limit": 4, "seed": 0, "layout": None},
+            "prompt_ids": [p.id for p in prompts],
+            "prompt_library_hash": library.content_hash,
+        }
+    )
+    generate_traces(
+        model,
+        records,
+        prompts,
+        store,
+        source="scenes:train",
+        library_hash=library.content_hash,
+        batch_size=2,
+        budget=GenerationBudget(analysis_tokens=6, answer_tokens=3),
+    )
+    assert store.read().num_rows == 8
+
+    config = DistillConfig(
+        model=f"tiny:{family}",
+        traces=tmp_path / "traces",
+        out=tmp_path / "adapter",
+        steps=3,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=0,
+    )
+    history = run_distillation(config, model).history
+    assert len(history) == 3 and all(step.loss == step.loss for step in history)  # finite, not NaN
+
+    adapter = load_adapter(tmp_path / "adapter", model)
+    images = model.encode_images([r.load_image() for r in records[:2]])
+    prompts_direct = [direct_prompt(r.question) for r in records[:2]]
+    plain = model.score(images, prompts_direct, ["red", "blue"]).answer_logits
+    with adapter.attached(model):
+        adapted = model.score(images, prompts_direct, ["red", "blue"]).answer_logits
+    assert plain.shape == adapted.shape
+    assert (plain - adapted).abs().max().item() > 0.0  # the trained adapter changes the answer logits
