@@ -111,6 +111,9 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     config.out.mkdir(parents=True, exist_ok=True)
     vlm = EmbeddedVLM.load(untrained=True, grid=config.grid, seed=config.seed)
     data = build_data(vlm, config)
+    # Seed right before LoRA's random init: building the data may or may not construct the
+    # vision trunk (it does only on feature-cache misses), which would shift the global RNG.
+    torch.manual_seed(config.seed)
     add_lora(vlm, config)
     optimizer = make_optimizer(vlm, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
