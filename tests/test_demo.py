@@ -25,7 +25,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert (plan.work_dir / "adapter" / "adapter_config.json").exists()
     capsys.readouterr()
 
-    run_demo(plan)  # a rerun reuses every finished stage
+    run_demo(plan)  # a rerun reuses every finished stage (results read back with EvalResults.load)
     output = capsys.readouterr()
     assert "reusing" in output.out + output.err
     assert "0 new, 4 already on disk" in output.out + output.err

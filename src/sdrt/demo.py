@@ -11,7 +11,6 @@ Every stage writes to ``runs/demo/`` and is skipped on a rerun once its output i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sdrt.config import DataSource, TraceConfig
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.trainer import run_distillation
 from sdrt.evaluation.benchmarks import get_benchmark
-from sdrt.evaluation.evaluate import EvalResults, ItemResult, evaluate
+from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.evaluation.report import markdown_table, write_report
 from sdrt.evaluation.run import results_table
 from sdrt.models import load_model
@@ -91,7 +90,7 @@ def run_eval(plan: DemoPlan, model, adapter_dir: Path) -> EvalResults:
     path = plan.work_dir / "results.json"
     if path.exists():
         console.print(f"evaluate: reusing {path}")
-        return load_results(path)
+        return EvalResults.load(path)
     from sdrt.adapters.files import load_adapter
 
     console.rule(f"evaluate: {plan.eval_examples} held-out questions per benchmark")
@@ -108,17 +107,6 @@ def run_eval(plan: DemoPlan, model, adapter_dir: Path) -> EvalResults:
     )
     results.save(path)
     return results
-
-
-def load_results(path: Path) -> EvalResults:
-    from sdrt.evaluation.evaluate import Comparison, ModeSummary
-
-    data = json.loads(path.read_text())
-    return EvalResults(
-        summaries=[ModeSummary(**s) for s in data["summaries"]],
-        comparisons=[Comparison(**c) for c in data["comparisons"]],
-        items=[ItemResult(**i) for i in data["items"]],
-    )
 
 
 def run_demo(plan: DemoPlan = DemoPlan()) -> Path:

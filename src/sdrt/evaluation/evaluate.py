@@ -80,6 +80,16 @@ class EvalResults:
             "items": [asdict(i) for i in self.items],
         }
 
+    @classmethod
+    def load(cls, path: str | Path) -> EvalResults:
+        """Results saved by ``save``, without running anything again."""
+        data = json.loads(Path(path).read_text())
+        return cls(
+            summaries=[ModeSummary(**s) for s in data["summaries"]],
+            comparisons=[Comparison(**c) for c in data["comparisons"]],
+            items=[ItemResult(**i) for i in data["items"]],
+        )
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
