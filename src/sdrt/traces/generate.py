@@ -35,6 +35,14 @@ class DistributedRank:
         """torchrun and accelerate launch both set RANK and WORLD_SIZE."""
         return DistributedRank(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
+    def owns(self, index: int) -> bool:
+        """Example ``index`` is this rank's: ranks take every world-size-th example."""
+        return index % self.world_size == self.rank
+
+    def share(self, total: int) -> int:
+        """How many of ``total`` examples are this rank's."""
+        return sum(1 for i in range(total) if self.owns(i))
+
 
 @dataclass
 class TraceRunStats:
@@ -66,9 +74,8 @@ def generate_traces(
 ) -> TraceRunStats:
     stats = TraceRunStats()
     done = store.finished_example_ids()
-    todo = [(i, r) for i, r in enumerate(records) if i % rank.world_size == rank.rank and r.id not in done]
-    mine = sum(1 for i in range(len(records)) if i % rank.world_size == rank.rank)
-    stats.examples_already_done = mine - len(todo)
+    todo = [(i, r) for i, r in enumerate(records) if rank.owns(i) and r.id not in done]
+    stats.examples_already_done = rank.share(len(records)) - len(todo)
     if on_progress and stats.examples_already_done:
         on_progress(stats.examples_already_done)
     context = {

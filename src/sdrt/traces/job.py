@@ -54,8 +54,7 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
             "answer_tokens": config.answer_tokens,
         }
     )
-    mine = sum(1 for i in range(len(records)) if i % rank.world_size == rank.rank)
-    with progress_bar(mine, f"traces (rank {rank.rank})", unit="ex") as advance:
+    with progress_bar(rank.share(len(records)), f"traces (rank {rank.rank})", unit="ex") as advance:
         return generate_traces(
             model,
             records,
