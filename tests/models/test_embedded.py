@@ -254,28 +254,118 @@ def test_align_config_keeps_multi_hop_out():
     from sdrt.models.align import AlignConfig
 
     with pytest.raises(ValidationError, match="multi-hop"):
-        AlignConfig(scene_kinds=["describe", "multi-hop"])
+        AlignConfig(mix={"describe": 1.0, "multi-hop": 1.0})
+
+
+SKILLS = {
+    "image_description": "description",
+    "image_decomposition": "objects",
+    "spatial_relations": "relations",
+    "counting": "counts",
+    "attribute_comparison": "sizes",
+    "planned_reasoning_path": "plan",
+    "knowledge_recall": "facts",
+}
+ALL_POOLS = {"easy-vqa": 1.0, "describe": 1.0, "single-hop": 1.0, "analysis": 1.0, "reasoning": 1.0}
+
+
+def scene_data(scenes: int = 30):
+    from sdrt.data.scenes import make_scenes
+    from sdrt.models.align import AlignData, Example
+
+    easy = [Example(i, f"What color is shape {i}?", "red") for i in range(5)]
+    return AlignData(torch.zeros(5 + scenes, 1, 1), easy, make_scenes(scenes, seed=3), scene_offset=5)
 
 
 def test_batches_depend_only_on_seed_and_step_and_come_from_one_pool():
-    from sdrt.models.align import AlignConfig, AlignData, Example, sample_batch
+    from sdrt.models.align import AlignConfig, sample_batch
 
-    pools = {
-        "easy": [Example(i, f"q{i}", "yes", "easy-vqa") for i in range(50)],
-        "hop": [Example(i, f"s{i}", "2", "scenes") for i in range(50)],
-        "describe": [Example(i, "Describe the image.", "a red circle", "scenes") for i in range(50)],
-    }
-    data = AlignData(torch.zeros(50, 16, 1280), pools["easy"], pools["hop"], pools["describe"])
-    config = AlignConfig(batch_size=6, scene_share=0.5, describe_share=0.5, seed=4)
-    batches = [sample_batch(data, config, step) for step in range(40)]
-    assert batches == [sample_batch(data, config, step) for step in range(40)]
+    data = scene_data()
+    config = AlignConfig(batch_size=6, scenes=30, mix=ALL_POOLS, analysis_prompts=SKILLS, seed=4)
+    batches = [sample_batch(data, config, step) for step in range(60)]
+    assert batches == [sample_batch(data, config, step) for step in range(60)]
     assert batches[3] != batches[4]
-    origins = {tuple(sorted({id_of(pools, e) for e, _ in batch})) for batch in batches}
-    assert origins == {("easy",), ("hop",), ("describe",)}
+    assert all(len({item.pool for item in batch}) == 1 for batch in batches)
+    assert {batch[0].pool for batch in batches} == set(ALL_POOLS)
+    scene_rows = {item.image for batch in batches for item in batch if item.pool != "easy-vqa"}
+    assert scene_rows and min(scene_rows) >= 5  # scene images follow the easy-vqa ones
 
 
-def id_of(pools: dict[str, list], example) -> str:
-    return next(name for name, pool in pools.items() if any(e is example for e in pool))
+def test_alignment_never_answers_a_multi_hop_question_in_one_step():
+    """The reasoning gap by construction: a multi-hop question is answered only after an analysis."""
+    from sdrt.models.align import AlignConfig, sample_batch
+
+    data = scene_data()
+    config = AlignConfig(batch_size=8, scenes=30, mix=ALL_POOLS, analysis_prompts=SKILLS, seed=1)
+    multi_hop = multi_hop_questions(data.scenes)
+    answered_after_analysis = 0
+    for step in range(150):
+        for item in sample_batch(data, config, step):
+            has_analysis = any(role == "assistant" for role, _ in item.prompt)
+            asked = [q for q in multi_hop if q in item.prompt[-1][1]]
+            if item.pool in ("easy-vqa", "describe", "single-hop"):
+                assert not asked, item
+            elif item.pool == "analysis":
+                assert not has_analysis and len(item.answer.split()) > 3  # an analysis, not an answer
+            elif asked:
+                assert has_analysis
+                answered_after_analysis += 1
+    assert answered_after_analysis > 20
+
+
+def multi_hop_questions(scenes) -> set[str]:
+    """Every multi-hop question text the generator can ask of these scenes (or altered ones)."""
+    import random
+
+    from sdrt.data.scenes import MULTI_HOP_MAKERS, _View
+
+    texts = set()
+    for scene in scenes:
+        view = _View(scene)
+        for make in MULTI_HOP_MAKERS:
+            for trial in range(20):
+                question = make(view, random.Random(trial))
+                if question is not None:
+                    texts.add(question.question)
+    return texts
+
+
+def test_reasoning_items_answer_from_the_analysis_they_show():
+    """Altered analyses: the answer is computed on the scene the text describes, not the image's."""
+    from dataclasses import replace
+
+    from sdrt.data.scenes import SceneObject, description_objects, scene_questions
+    from sdrt.models.align import AlignConfig, sample_batch
+
+    data = scene_data()
+    config = AlignConfig(
+        batch_size=8,
+        scenes=30,
+        mix={"reasoning": 1.0},
+        analysis_prompts={"image_description": "description"},
+        altered_share=0.5,
+        seed=2,
+    )
+    altered = 0
+    for step in range(20):
+        for item in sample_batch(data, config, step):
+            scene = data.scenes[item.image - data.scene_offset]
+            shown = item.prompt[1][1]  # the analysis, replayed as the assistant turn
+            altered += shown != scene.description
+            objects = tuple(
+                SceneObject(shape, colour, size, position, 0.5)
+                for position, (size, colour, shape) in enumerate(description_objects(shown))
+            )
+            told = replace(scene, objects=objects)  # same seed and index: the same question stream
+            asked = item.prompt[-1][1]
+            answers = {
+                q.answer
+                for kind in ("single-hop", "multi-hop")
+                for q in scene_questions(told, kind, 3)
+                if f": {q.question}\n" in asked
+            }
+            assert answers == {item.answer}, (shown, asked)
+    assert 40 <= altered <= 120
 
 
 def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monkeypatch):

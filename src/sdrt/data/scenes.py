@@ -15,6 +15,7 @@ or a digit; a question is only asked when its answer is unique and well defined.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -86,6 +87,16 @@ class Scene:
             extent = (LARGE_EXTENT if obj.size == "large" else SMALL_EXTENT) * size
             _draw_shape(draw, obj.shape, centre, extent, COLOURS[obj.colour])
         return img
+
+
+_OBJECT_PHRASE = re.compile(
+    rf"\b({'|'.join(SIZES)})\s+({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})\b", re.IGNORECASE
+)
+
+
+def description_objects(text: str) -> list[tuple[str, str, str]]:
+    """The (size, colour, shape) phrases of a description, in the order written (left to right)."""
+    return [tuple(part.lower() for part in m.groups()) for m in _OBJECT_PHRASE.finditer(text)]  # type: ignore[misc]
 
 
 def _draw_shape(

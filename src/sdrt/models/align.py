@@ -1,9 +1,20 @@
 """Alignment of the embedded VLM: train the projector (and LoRA on SmolLM2) on image QA.
 
-Data: easy-vqa training questions, plus descriptions and single-hop questions of generated
-scenes. Multi-hop scene questions are kept out on purpose: they are where a first-step
-analysis (a description) should help a second step, which is the premise SDRT distils, so
-the aligned model must not already have been trained to answer them in one step.
+What a real VLM brings from pretraining, the embedded one learns here, from batches drawn
+from five pools (``AlignConfig.mix`` weighs them):
+
+* ``easy-vqa``: the training questions of easy-vqa (one shape per image);
+* ``describe``: descriptions of generated scenes (perception: every object, left to right);
+* ``single-hop``: single-hop scene questions, answered directly;
+* ``analysis``: step 1 of the scene-suited library prompts, with targets written from the
+  scene graph (``sdrt.data.scene_analyses``): object lists, relations, counts, size order,
+  plans. The request may carry a multi-hop question; the target never states its answer;
+* ``reasoning``: step 2 of those prompts, the answer given an analysis; a share of analyses
+  describe an *altered* scene, and then the answer follows the altered text, not the image.
+
+Never: an image and a multi-hop question answered in one step. That composition is what SDRT
+must create from the model's own traces, so the aligned model has a known reasoning gap; the
+direct pools refuse multi-hop questions.
 
 Only answer tokens carry loss and only their logits are computed (``score`` does that), image
 features are cached, and the batch for step ``s`` depends only on ``(seed, s)``, so a killed
@@ -27,22 +38,55 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import save_file
 
-from sdrt.data.records import DataError, VQARecord
-from sdrt.models.base import EncodedImage, Prompt
+from sdrt.data.records import DataError
+from sdrt.models.base import Conversation, EncodedImage
 from sdrt.models.embedded import (
     CONFIG_FILE,
     LORA_PREFIX,
     PROJECTOR_PREFIX,
     WEIGHTS_FILE,
     EmbeddedVLM,
+    VisionSpec,
 )
 
 log = logging.getLogger(__name__)
 
-SceneKind = Literal["describe", "single-hop"]
+Pool = Literal["easy-vqa", "describe", "single-hop", "analysis", "reasoning"]
+AnalysisSkill = Literal["description", "objects", "relations", "counts", "sizes", "plan", "facts"]
+SCENE_POOLS: tuple[str, ...] = ("describe", "single-hop", "analysis", "reasoning")
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "train_log.txt"
 DESCRIBE_QUESTION = "Describe the image."
+
+# Paraphrased step-1 requests, so that a skill is tied to what is asked, not to one wording;
+# the library's own step-1 text is used for the rest (``AlignConfig.paraphrase_share``).
+SKILL_REQUESTS: dict[str, tuple[str, ...]] = {
+    "description": ("Describe the image.", "What does the image show? Describe it.", "Describe the scene."),
+    "objects": (
+        "List the objects in the image with their positions. Question: {question}",
+        "Which objects are in the image, and where? {question}",
+    ),
+    "relations": (
+        "Say which object is next to which. Question: {question}",
+        "Describe how the objects are placed relative to each other: {question}",
+    ),
+    "counts": (
+        "List the objects one per line and count them by shape, color and size: {question}",
+        "Count the objects in the image. Question: {question}",
+    ),
+    "sizes": (
+        "Which objects are large and which are small? Question: {question}",
+        "Order the objects by size. Question: {question}",
+    ),
+    "plan": (
+        "Write the facts this question needs as triplets; leave the answer as ?. Question: {question}",
+        "Plan the steps to answer as (subject, relation, object) triplets. Question: {question}",
+    ),
+    "facts": (
+        "What does the image show, and what do you know about it? Question: {question}",
+        "Name the things in the image and what you know about them: {question}",
+    ),
+}
 
 
 class AlignConfig(BaseModel):
@@ -55,6 +99,8 @@ class AlignConfig(BaseModel):
     batch_size: int = Field(default=16, gt=0)
     seed: int = 0
     grid: int = Field(default=4, ge=1, le=7)
+    mid_block: int | None = Field(default=None, ge=0, le=15)  # intermediate trunk block added per cell
+    positions: bool = False  # learned 2-D grid positions in the projector
     lr_projector: float = Field(default=1e-3, gt=0)
     lr_lora: float = Field(default=3e-4, gt=0)
     warmup_steps: int = Field(default=20, ge=0)
@@ -62,10 +108,12 @@ class AlignConfig(BaseModel):
     lora_alpha: int = Field(default=16, gt=0)
     lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     easyvqa_limit: int | None = Field(default=None, gt=0)  # training questions; None = all
-    scenes: int = Field(default=0, ge=0)  # generated scenes; 0 = easy-vqa only
-    scene_kinds: list[SceneKind] = ["describe", "single-hop"]
-    scene_share: float = Field(default=0.3, ge=0, le=1)  # fraction of batches drawn from scenes
-    describe_share: float = Field(default=0.4, ge=0, le=1)  # of those, the fraction of description batches
+    scenes: int = Field(default=0, ge=0)  # generated training scenes; 0 = easy-vqa only
+    mix: dict[Pool, float] = {"easy-vqa": 1.0}  # relative share of batches drawn from each pool
+    analysis_prompts: dict[str, AnalysisSkill] = {}  # library prompt id -> its step-1 skill
+    paraphrase_share: float = Field(default=0.3, ge=0, le=1)  # step-1 requests paraphrased
+    altered_share: float = Field(default=0.3, ge=0, le=1)  # step-2 analyses of an altered scene
+    reasoning_multi_hop_share: float = Field(default=0.7, ge=0, le=1)  # of step-2 questions
     bf16: bool = True  # bfloat16 autocast: about half the step time on CPUs with AVX512-BF16
     instruction_share: float = Field(default=0.7, ge=0, le=1)  # questions with the answer instruction
     checkpoint_every: int = Field(default=25, gt=0)
@@ -74,32 +122,56 @@ class AlignConfig(BaseModel):
     threads: int = Field(default=2, gt=0)
     command: str | None = None  # the command line that ran this, recorded in the weights' config
 
-    @field_validator("scene_kinds", mode="before")
+    @field_validator("mix", mode="before")
     @classmethod
-    def _no_multi_hop(cls, kinds: Any) -> Any:
-        if isinstance(kinds, list | tuple | set) and "multi-hop" in kinds:
-            raise ValueError("multi-hop scene questions stay out of alignment (SDRT needs them unseen)")
-        return kinds
+    def _no_multi_hop(cls, mix: Any) -> Any:
+        if isinstance(mix, dict) and any("multi" in str(key) for key in mix):
+            raise ValueError(
+                "multi-hop scene questions are never answered in one step in alignment (SDRT needs "
+                "that composition unseen); they appear only inside the analysis and reasoning pools"
+            )
+        if isinstance(mix, dict) and (not mix or any(float(v) < 0 for v in mix.values())):
+            raise ValueError("mix needs at least one pool, with shares >= 0")
+        return mix
+
+    @property
+    def vision(self) -> VisionSpec:
+        return VisionSpec(self.grid, self.mid_block, self.positions)
+
+    def pools(self) -> dict[str, float]:
+        """The pools with a positive share; scene pools only when there are scenes."""
+        return {
+            pool: share
+            for pool, share in self.mix.items()
+            if share > 0 and (pool not in SCENE_POOLS or self.scenes)
+        }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Example:
-    image: int  # index into the run's feature table
+    """An easy-vqa training question; ``image`` indexes the run's feature table."""
+
+    image: int
     question: str
     answer: str
-    source: str  # "easy-vqa" or "scenes"
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One row of a batch: the image row, the prompt as the model sees it, the target text."""
+
+    image: int
+    prompt: Conversation
+    answer: str
+    pool: str
 
 
 @dataclass
 class AlignData:
-    features: torch.Tensor  # (N_images, T, 1280) float16, one row per distinct image
+    features: torch.Tensor  # (N_images, T, C) float16, one row per distinct image
     easyvqa: list[Example]
-    single_hop: list[Example]
-    describe: list[Example]
-
-    @property
-    def scene_count(self) -> int:
-        return len(self.single_hop) + len(self.describe)
+    scenes: list[Any]  # sdrt.data.scenes.Scene; scene i's image is feature row scene_offset + i
+    scene_offset: int = 0
 
 
 def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = None) -> Path:
@@ -109,7 +181,8 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     """
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    vlm = EmbeddedVLM.load(untrained=True, grid=config.grid, seed=config.seed)
+    check_prompts(config)
+    vlm = EmbeddedVLM.load(untrained=True, vision=config.vision, seed=config.seed)
     data = build_data(vlm, config)
     # Seed right before LoRA's random init: building the data may or may not construct the
     # vision trunk (it does only on feature-cache misses), which would shift the global RNG.
@@ -120,8 +193,8 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     start = resume(vlm, optimizer, schedule, config)
     note(
         config,
-        f"aligning: {len(data.easyvqa)} easy-vqa + {data.scene_count} scene examples, "
-        f"steps {start}..{config.steps}",
+        f"aligning: {len(data.easyvqa)} easy-vqa questions + {len(data.scenes)} scenes, "
+        f"pools {config.pools()}, steps {start}..{config.steps}",
     )
     clock, losses = time.perf_counter(), []
     for step in range(start, config.steps):
@@ -151,82 +224,153 @@ def note(config: AlignConfig, message: str) -> None:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
 
+def check_prompts(config: AlignConfig) -> None:
+    """Every prompt named for the analysis and reasoning pools exists and can take a question."""
+    from sdrt.prompts.library import PromptLibrary
+
+    library = PromptLibrary.builtin()
+    uses_prompts = {"analysis", "reasoning"} & set(config.pools())
+    if uses_prompts and not config.analysis_prompts:
+        raise DataError(f"the {sorted(uses_prompts)} pool(s) need analysis_prompts (prompt id -> skill)")
+    for prompt_id in config.analysis_prompts:
+        try:
+            prompt = library.get(prompt_id)
+        except KeyError as exc:
+            raise DataError(str(exc.args[0])) from None
+        if prompt.needs_choices:
+            raise DataError(f"prompt {prompt_id!r} is for multiple-choice questions; scenes have none")
+
+
 # --- data ------------------------------------------------------------------------------------
 
 
 def build_data(vlm: EmbeddedVLM, config: AlignConfig) -> AlignData:
     """Examples with their images encoded once (the feature cache makes reruns cheap)."""
     from sdrt.data.easyvqa import read_easy_vqa
+    from sdrt.data.scenes import make_scenes
 
     easy = read_easy_vqa("train", limit=config.easyvqa_limit, seed=config.seed)
-    scene = scene_records(config) if config.scenes and config.scene_share > 0 else []
     table: dict[str, int] = {}
     images: list[Any] = []
-    examples: dict[str, list[Example]] = {"easy-vqa": [], "scenes": []}
-    for source, records in (("easy-vqa", easy), ("scenes", scene)):
-        for record in records:
-            # A scene's records share one in-memory image: encode it once.
-            key = record.image_path or f"in-memory@{id(record.image)}"
-            if key not in table:
-                table[key] = len(images)
-                images.append(record.load_image())
-            if not record.answers:
-                raise DataError(f"record {record.id!r}: alignment needs an answer")
-            examples[source].append(Example(table[key], record.question, record.answers[0].strip(), source))
+    examples = []
+    for record in easy:
+        key = record.image_path or f"in-memory@{id(record.image)}"
+        if key not in table:
+            table[key] = len(images)
+            images.append(record.load_image())
+        if not record.answers:
+            raise DataError(f"record {record.id!r}: alignment needs an answer")
+        examples.append(Example(table[key], record.question, record.answers[0].strip()))
+    scenes = make_scenes(config.scenes, seed=config.seed) if set(SCENE_POOLS) & set(config.pools()) else []
+    offset = len(images)
+    images.extend(scene.image() for scene in scenes)
     features = torch.cat([encode_chunk(vlm, images[i : i + 256]) for i in range(0, len(images), 256)])
-    scenes = examples["scenes"]
-    return AlignData(
-        features,
-        examples["easy-vqa"],
-        [e for e in scenes if e.question != DESCRIBE_QUESTION],
-        [e for e in scenes if e.question == DESCRIBE_QUESTION],
-    )
+    return AlignData(features, examples, scenes, offset)
 
 
 def encode_chunk(vlm: EmbeddedVLM, images: Sequence[Any]) -> torch.Tensor:
     return torch.stack([e.features for e in vlm.encode_images(images)]).to(torch.float16)
 
 
-def scene_records(config: AlignConfig) -> list[VQARecord]:
-    """Describe and single-hop records of seeded generated scenes (never multi-hop)."""
-    from sdrt.data.scenes import make_scenes
-    from sdrt.data.scenes import scene_records as records_of
-
-    records = records_of(make_scenes(config.scenes, seed=config.seed), kinds=set(config.scene_kinds))
-    kept = [r for r in records if int(r.metadata.get("hops", 0)) <= 1]
-    if not kept:
-        raise DataError(
-            f"the scene generator gave no describe or single-hop records for {config.scenes} scenes"
-        )
-    return kept
-
-
-def sample_batch(data: AlignData, config: AlignConfig, step: int) -> list[tuple[Example, bool]]:
+def sample_batch(data: AlignData, config: AlignConfig, step: int) -> list[TrainItem]:
     """The batch of ``step``: a pure function of (seed, step), so resuming replays exactly.
 
-    A batch comes from one pool (easy-vqa, scene questions or scene descriptions): left padding
-    costs the batch's longest row, and one long description would lengthen every row.
-    Each item is (example, whether its prompt carries the short-answer instruction).
+    A batch comes from one pool: left padding costs the batch's longest row, and one long
+    analysis would lengthen every short question beside it.
     """
     rng = random.Random(config.seed * 1_000_003 + step)
-    pool = data.easyvqa
-    if data.scene_count and rng.random() < config.scene_share:
-        describe = rng.random() < config.describe_share
-        pool = data.describe if (describe and data.describe) or not data.single_hop else data.single_hop
-    batch = []
-    for _ in range(config.batch_size):
-        example = pool[rng.randrange(len(pool))]
-        batch.append((example, rng.random() < config.instruction_share))
-    return batch
+    pools = config.pools()
+    if not data.scenes:
+        pools = {p: s for p, s in pools.items() if p not in SCENE_POOLS}
+    if not pools:
+        raise DataError("alignment has no pool to draw from (no easy-vqa questions and no scenes)")
+    names = sorted(pools)
+    pool = rng.choices(names, weights=[pools[n] for n in names])[0]
+    make = _ITEM_MAKERS[pool]
+    return [make(data, config, rng) for _ in range(config.batch_size)]
 
 
-def training_prompt(example: Example, with_instruction: bool) -> Prompt:
-    """Direct-mode prompts as the evaluation sends them, sometimes bare; descriptions stay bare."""
+def _easyvqa_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
+    example = data.easyvqa[rng.randrange(len(data.easyvqa))]
+    return TrainItem(example.image, _direct(example.question, rng, config), example.answer, "easy-vqa")
+
+
+def _scene(data: AlignData, rng: random.Random) -> tuple[int, Any]:
+    index = rng.randrange(len(data.scenes))
+    return data.scene_offset + index, data.scenes[index]
+
+
+def _describe_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
+    row, scene = _scene(data, rng)
+    request = DESCRIBE_QUESTION
+    if rng.random() < config.paraphrase_share:
+        request = rng.choice(SKILL_REQUESTS["description"])
+    return TrainItem(row, [("user", request)], scene.description, "describe")
+
+
+def _single_hop_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
+    from sdrt.data.scenes import scene_questions
+
+    row, scene = _scene(data, rng)
+    question = rng.choice(scene_questions(scene, "single-hop", 3))
+    if question.hops > 1:  # the direct pools never answer a multi-hop question in one step
+        raise DataError(f"refusing a one-step multi-hop example: {question.question!r}")
+    return TrainItem(row, _direct(question.question, rng, config), question.answer, "single-hop")
+
+
+def _any_question(scene: Any, rng: random.Random, multi_hop_share: float) -> Any:
+    from sdrt.data.scenes import scene_questions
+
+    kind = "multi-hop" if rng.random() < multi_hop_share else "single-hop"
+    questions = scene_questions(scene, kind, 3) or scene_questions(scene, "single-hop", 3)
+    return rng.choice(questions)
+
+
+def _analysis_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
+    from sdrt.data.scene_analyses import analysis
+    from sdrt.prompts.library import PromptLibrary
+
+    row, scene = _scene(data, rng)
+    prompt_id = rng.choice(sorted(config.analysis_prompts))
+    skill = config.analysis_prompts[prompt_id]
+    question = _any_question(scene, rng, 0.5).question
+    if rng.random() < config.paraphrase_share:
+        request: Conversation = [("user", rng.choice(SKILL_REQUESTS[skill]).format(question=question))]
+    else:
+        request = PromptLibrary.builtin().get(prompt_id).step1(question)
+    return TrainItem(row, request, analysis(skill, scene, question), "analysis")
+
+
+def _reasoning_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
+    from sdrt.data.scene_analyses import alter_scene, analysis
+    from sdrt.prompts.library import PromptLibrary
+
+    row, scene = _scene(data, rng)
+    prompt_id = rng.choice(sorted(config.analysis_prompts))
+    skill = config.analysis_prompts[prompt_id]
+    told = alter_scene(scene, rng) if rng.random() < config.altered_share else scene
+    question = _any_question(told, rng, config.reasoning_multi_hop_share)
+    text = analysis(skill, told, question.question)
+    prompt = PromptLibrary.builtin().get(prompt_id).step2(question.question, text)
+    return TrainItem(row, prompt, question.answer, "reasoning")
+
+
+def _direct(question: str, rng: random.Random, config: AlignConfig) -> Conversation:
+    """Direct-mode prompts as the evaluation sends them, sometimes without the instruction."""
     from sdrt.prompts.library import direct_prompt
 
-    if with_instruction and example.question != DESCRIBE_QUESTION:
-        return direct_prompt(example.question)
-    return example.question
+    if rng.random() < config.instruction_share:
+        return direct_prompt(question)
+    return [("user", question)]
+
+
+_ITEM_MAKERS: dict[str, Callable[[AlignData, AlignConfig, random.Random], TrainItem]] = {
+    "easy-vqa": _easyvqa_item,
+    "describe": _describe_item,
+    "single-hop": _single_hop_item,
+    "analysis": _analysis_item,
+    "reasoning": _reasoning_item,
+}
 
 
 # --- model and optimiser ---------------------------------------------------------------------
@@ -270,14 +414,14 @@ def train_step(
     vlm: EmbeddedVLM,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-    batch: list[tuple[Example, bool]],
+    batch: list[TrainItem],
     features: torch.Tensor,
     bf16: bool,
 ) -> float:
     """One optimiser step of answer-token cross-entropy."""
-    images = [EncodedImage("embedded", features[example.image].float()) for example, _ in batch]
-    prompts = [training_prompt(example, instructed) for example, instructed in batch]
-    answers = [example.answer for example, _ in batch]
+    images = [EncodedImage("embedded", features[item.image].float()) for item in batch]
+    prompts = [item.prompt for item in batch]
+    answers = [item.answer for item in batch]
     with torch.autocast(vlm.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = vlm.score(images, prompts, answers)
         logits = out.answer_logits[out.answer_token_mask]  # (n_answer_tokens, V)
@@ -390,7 +534,7 @@ def export_weights(vlm: EmbeddedVLM, config: AlignConfig, accuracy: dict[str, An
     tensors = {k: v.contiguous() for k, v in trainable_state(vlm).items()}
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
     description = {
-        "grid": config.grid,
+        **config.vision.as_dict(),
         "lora": None
         if not config.lora_rank
         else {"r": config.lora_rank, "alpha": config.lora_alpha, "target_modules": list(config.lora_targets)},
@@ -399,9 +543,10 @@ def export_weights(vlm: EmbeddedVLM, config: AlignConfig, accuracy: dict[str, An
         "data": {
             "easy_vqa_train_questions": config.easyvqa_limit or "all",
             "scenes": config.scenes,
-            "scene_kinds": list(config.scene_kinds),
-            "scene_share": config.scene_share,
-            "describe_share": config.describe_share,
+            "scene_seed": config.seed,
+            "pools": config.pools(),
+            "analysis_prompts": dict(config.analysis_prompts),
+            "never": "image + multi-hop question -> answer in one step",
         },
         "steps": config.steps,
         "seed": config.seed,

@@ -35,7 +35,7 @@ from sdrt.models.base import (
     as_conversation,
 )
 from sdrt.models.smollm import load_smollm
-from sdrt.models.vision import FEATURE_DIM, VisionEncoder
+from sdrt.models.vision import FEATURE_DIM, VisionEncoder, feature_dim
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,57 @@ ANSWER_SLOT_MULTIPLE = 4
 
 
 class Projector(nn.Module):
-    """Pooled image features (N, T, 1280) -> language-model embeddings (N, T, d).
+    """Pooled image features (N, T, C) -> language-model embeddings (N, T, d).
 
-    The input LayerNorm makes the projector indifferent to the trunk's feature scale.
+    The input LayerNorm makes the projector indifferent to the trunk's feature scale. With
+    ``grid`` set, a learned row and a learned column embedding are added per cell, so the
+    language model knows where on the 2-D grid each token lies (the trunk's features say what
+    is there, only weakly where).
     """
 
-    def __init__(self, hidden_size: int, feature_dim: int = FEATURE_DIM) -> None:
+    def __init__(self, hidden_size: int, feature_dim: int = FEATURE_DIM, grid: int | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(feature_dim)
         self.up = nn.Linear(feature_dim, hidden_size)
         self.act = nn.GELU()
         self.out = nn.Linear(hidden_size, hidden_size)
+        self.grid = grid
+        if grid is not None:
+            self.row = nn.Parameter(torch.zeros(grid, hidden_size))
+            self.column = nn.Parameter(torch.zeros(grid, hidden_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(self.act(self.up(self.norm(features))))
+        tokens = self.out(self.act(self.up(self.norm(features))))  # (N, T, d)
+        if self.grid is None:
+            return tokens
+        cells = (self.row[:, None, :] + self.column[None, :, :]).flatten(0, 1)  # (g*g, d), row-major
+        return tokens + cells.to(tokens.dtype)
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """How images become tokens: the pooled grid, the intermediate block, grid positions."""
+
+    grid: int = DEFAULT_GRID
+    mid_block: int | None = None
+    positions: bool = False  # learned 2-D grid position embeddings in the projector
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VisionSpec:
+        """Read from a weights config; keys absent from older weights take the old defaults."""
+        return cls(
+            int(config.get("grid", DEFAULT_GRID)), config.get("mid_block"), bool(config.get("positions"))
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"grid": self.grid, "mid_block": self.mid_block, "positions": self.positions}
+
+    def encoder(self, device: torch.device | str, cache: Path | None | bool) -> VisionEncoder:
+        return VisionEncoder(grid=self.grid, device=device, cache=cache, mid_block=self.mid_block)
+
+    def projector(self, hidden_size: int) -> Projector:
+        grid = self.grid if self.positions else None
+        return Projector(hidden_size, feature_dim(self.mid_block), grid)
 
 
 @dataclass
@@ -118,37 +155,43 @@ class EmbeddedVLM(VisionLanguageModel):
         weights_dir: str | Path | None = None,
         *,
         untrained: bool = False,
-        grid: int = DEFAULT_GRID,
+        vision: VisionSpec | None = None,
         feature_cache: bool = True,
         seed: int = 0,
     ) -> EmbeddedVLM:
         """Load the language model, vision trunk and trained projector (+ merged LoRA).
 
-        ``untrained=True`` builds a seeded random projector instead (alignment starts there).
+        ``untrained=True`` builds a seeded random projector for ``vision`` instead (alignment
+        starts there); trained weights carry their own vision settings in their config.
         """
         lm, tokenizer = load_smollm(device)
         hidden = int(lm.config.hidden_size)
+        cache = None if feature_cache else False
         if untrained:
+            spec = vision or VisionSpec()
             torch.manual_seed(seed)
-            vision = VisionEncoder(grid=grid, device=device, cache=None if feature_cache else False)
             return cls(
-                lm, tokenizer, Projector(hidden), vision, device=device, weights_info={"untrained": True}
+                lm,
+                tokenizer,
+                spec.projector(hidden),
+                spec.encoder(device, cache),
+                device=device,
+                weights_info={"untrained": True},
             )
         folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
         config, tensors = read_weights(folder)
-        grid = int(config.get("grid", DEFAULT_GRID))
-        projector = Projector(hidden)
+        spec = VisionSpec.from_config(config)
+        projector = spec.projector(hidden)
         projector.load_state_dict(_strip_prefix(tensors, PROJECTOR_PREFIX))
         lora = _strip_prefix(tensors, LORA_PREFIX)
         if lora:
             lm = merge_lora(lm, lora, config.get("lora", {}))
-        vision = VisionEncoder(grid=grid, device=device, cache=None if feature_cache else False)
         info = {
             "weights_sha256": _file_digest(folder / WEIGHTS_FILE),
-            "grid": grid,
+            **spec.as_dict(),
             "lora": config.get("lora"),
         }
-        return cls(lm, tokenizer, projector, vision, device=device, weights_info=info)
+        return cls(lm, tokenizer, projector, spec.encoder(device, cache), device=device, weights_info=info)
 
     # --- interface ---------------------------------------------------------------------------
 
@@ -195,7 +238,7 @@ class EmbeddedVLM(VisionLanguageModel):
     def encode_images(self, images: Sequence[Image.Image | str | Path]) -> list[EncodedImage]:
         """Pooled trunk features per image (cached on disk); the projector runs later, per forward."""
         pil = [_as_pil(image, i) for i, image in enumerate(images)]
-        features = self.vision(pil)  # (N, T, 1280)
+        features = self.vision(pil)  # (N, T, C)
         return [EncodedImage(BACKEND, features=row, source=None) for row in features]
 
     def score(
@@ -336,7 +379,7 @@ class EmbeddedVLM(VisionLanguageModel):
         pictures = [_as_pil(images[i], i) for i in raw]
         encoded = dict(zip(raw, self.encode_images(pictures), strict=True)) if raw else {}
         rows = [self._features(encoded.get(i, image), i) for i, image in enumerate(images)]
-        features = torch.stack(rows)  # (N, T, 1280)
+        features = torch.stack(rows)  # (N, T, C)
         return self.projector(features.to(self.device))
 
     def _build_batch(
@@ -407,10 +450,11 @@ class EmbeddedVLM(VisionLanguageModel):
                 raise ModelError(
                     f"{self.name}: image {index} was encoded by backend {image.backend!r}, not {BACKEND!r}"
                 )
-            if image.features.shape != (self.image_tokens, FEATURE_DIM):
+            expected = (self.image_tokens, self.vision.feature_dim)
+            if tuple(image.features.shape) != expected:
                 raise ModelError(
                     f"{self.name}: image {index} has features {tuple(image.features.shape)}, "
-                    f"expected {(self.image_tokens, FEATURE_DIM)}"
+                    f"expected {expected}"
                 )
             return image.features
         raise ModelError(f"{self.name}: image {index} is a {type(image).__name__}, expected an EncodedImage")
