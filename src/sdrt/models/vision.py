@@ -141,11 +141,18 @@ class VisionEncoder:
         path = self._path(key)
         if path is None:
             return
+        import uuid
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        # float16 halves the cache size on disk.
-        save_file({"features": features.to(torch.float16).contiguous()}, staging)
-        staging.replace(path)
+        # A staging name of its own per writer: ranks encoding the same image never share one,
+        # and the rename is atomic, so readers see the old entry, the new one, or none.
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            # float16 halves the cache size on disk.
+            save_file({"features": features.to(torch.float16).contiguous()}, staging)
+            staging.replace(path)
+        finally:
+            staging.unlink(missing_ok=True)
 
 
 def load_efficientnet() -> torch.nn.Module:
