@@ -81,7 +81,9 @@ def test_unknown_source(tmp_path):
 
 
 def test_scene_seeds_must_not_reach_into_the_test_split():
-    with pytest.raises(DataError, match="seed must be >= 0"):
+    with pytest.raises(DataError, match="seed must be in 0..999999"):
         load_records("scenes", split="train", seed=-1)
+    with pytest.raises(DataError, match="seed must be in 0..999999"):
+        load_records("scenes", split="train", seed=1_000_000)  # would reach the validation seeds
     with pytest.raises(DataError, match="unknown split"):
-        load_records("scenes", split="validation")
+        load_records("scenes", split="dev")

@@ -234,4 +234,26 @@ MULTIPLE_CHOICE = [
     mc("strict-sentence", "The answer is B.", 0.0, "lmms-eval does not read sentences", strict=True),
 ]
 
-CASES: list[Case] = ANLS + VQA + RELAXED + EXACT + MULTIPLE_CHOICE
+SCENE = "From left to right: a small red circle, a large blue triangle, a small gray rectangle."
+
+
+def objects(name: str, prediction: str, expected: float, why: str) -> Case:
+    return Case(name, "object_accuracy", prediction, (SCENE,), expected, why)
+
+
+OBJECTS = [
+    objects("exact", SCENE, 1.0, "every object right"),
+    objects("case", SCENE.lower().replace("small red", "Small Red").rstrip("."), 1.0, "case, punctuation"),
+    objects("attribute", SCENE.replace("large blue", "large green"), 2 / 3, "one colour wrong: 2 of 3"),
+    objects(
+        "order",
+        "From left to right: a large blue triangle, a small red circle, a small gray rectangle.",
+        1 / 3,
+        "right objects in the wrong places are wrong objects",
+    ),
+    objects("missing", "From left to right: a small red circle, a large blue triangle.", 2 / 3, "2 of 3"),
+    objects("invented", SCENE[:-1] + ", a large black circle.", 3 / 4, "3 right of the longer list's 4"),
+    objects("none", "I see shapes.", 0.0, "no objects named"),
+]
+
+CASES: list[Case] = ANLS + VQA + RELAXED + EXACT + MULTIPLE_CHOICE + OBJECTS

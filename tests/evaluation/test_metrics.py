@@ -19,6 +19,7 @@ from sdrt.evaluation.metrics import (
     exact_match,
     multiple_choice_accuracy,
     normalize_vqa_answer,
+    object_accuracy,
     relaxed_accuracy,
     score,
     vqa_accuracy,
@@ -29,6 +30,7 @@ LIBRARY = {
     "vqa_accuracy": vqa_accuracy,
     "relaxed_accuracy": relaxed_accuracy,
     "exact_match": exact_match,
+    "object_accuracy": object_accuracy,
 }
 
 
@@ -223,6 +225,28 @@ def ref_multiple_choice(
     return float(ref_choice(prediction, choices) == answer_index)
 
 
+def ref_objects(text: str) -> list[tuple[str, str, str]]:
+    """Consecutive (size, colour, shape) words, found by walking the words one by one."""
+    from sdrt.data.scenes import COLOURS, SHAPES, SIZES
+
+    words = re.findall(r"[a-z]+", text.lower())
+    return [
+        (words[i], words[i + 1], words[i + 2])
+        for i in range(len(words) - 2)
+        if words[i] in SIZES and words[i + 1] in COLOURS and words[i + 2] in SHAPES
+    ]
+
+
+def ref_object_accuracy(prediction: str, answers: list[str]) -> float:
+    predicted = ref_objects(prediction)
+    scores = []
+    for answer in answers:
+        reference = ref_objects(answer)
+        right = len([i for i in range(min(len(predicted), len(reference))) if predicted[i] == reference[i]])
+        scores.append(right / max(len(predicted), len(reference)))
+    return max(scores)
+
+
 def reference_score(case: Case) -> float:
     if case.metric == "multiple_choice_accuracy":
         return ref_multiple_choice(case.prediction, list(case.choices), case.answer_index, **case.kwargs)
@@ -231,6 +255,7 @@ def reference_score(case: Case) -> float:
         "vqa_accuracy": ref_vqa_accuracy,
         "relaxed_accuracy": ref_relaxed,
         "exact_match": ref_exact_match,
+        "object_accuracy": ref_object_accuracy,
     }
     return functions[case.metric](case.prediction, list(case.answers), **case.kwargs)
 
@@ -296,7 +321,14 @@ def test_random_inputs_score_in_unit_interval() -> None:
     ids=["mapping", "object"],
 )
 def test_registry_reads_mappings_and_objects(record: object) -> None:
-    names = {"anls", "vqa_accuracy", "relaxed_accuracy", "multiple_choice_accuracy", "exact_match"}
+    names = {
+        "anls",
+        "vqa_accuracy",
+        "relaxed_accuracy",
+        "multiple_choice_accuracy",
+        "exact_match",
+        "object_accuracy",
+    }
     assert set(METRICS) == names
     for name in METRICS:
         assert score(name, "dog", record) == 1.0, name
@@ -330,3 +362,11 @@ def test_required_signatures_work_positionally() -> None:
     assert anls("abcd", ["abef"], 0.5) == 0.5
     assert relaxed_accuracy("108", ["100"], 0.1) == 1.0
     assert multiple_choice_accuracy("B", ["x", "y"], 1) == 1.0
+
+
+# --- object accuracy (scene descriptions) -----------------------------------------------------
+
+
+def test_object_accuracy_without_objects_in_the_reference_is_exact_match():
+    assert object_accuracy("Nothing here.", ["nothing here"]) == 1.0
+    assert object_accuracy("a small red circle", ["nothing here"]) == 0.0

@@ -5,8 +5,8 @@
 * ``"easy-vqa"``: the installed easy-vqa package (splits train/test);
 * ``"scenes"``: generated scenes' single-hop and multi-hop questions (short exact answers);
   ``"scenes:multi-hop"``, ``"scenes:describe,single-hop"`` and so on choose the kinds. Train
-  scenes are ``make_scenes(n, seed)``; test scenes use negative seeds, which no caller of
-  ``make_scenes`` with a seed >= 0 (alignment, for one) ever sees;
+  scenes are ``make_scenes(n, seed)``; validation and test scenes use negative seeds, which no
+  caller of ``make_scenes`` with a seed >= 0 (alignment, for one) ever sees;
 * a ``.jsonl`` file in our own format (see ``sdrt.data.jsonl``);
 * a Parquet/Arrow file or folder of a published benchmark (``layout="docvqa"`` and so on, or
   guessed from the columns when not given; see ``sdrt.data.published``).
@@ -65,18 +65,27 @@ __all__ = [
 
 logger = logging.getLogger("sdrt.data")
 
-SCENE_SPLITS = ("train", "test")
+SCENE_SPLITS = ("train", "validation", "test")
+VALIDATION_SEED_BASE = 1_000_000
 DEFAULT_SCENE_COUNT = 200
 DEFAULT_SOURCE_KINDS = {"single-hop", "multi-hop"}  # descriptions are not short-answer questions
 
 
 def scene_split_seed(split: str, seed: int) -> int:
-    """Train scenes keep ``seed``; test scenes take ``-1 - seed``, so the splits never share scenes."""
+    """Train scenes keep ``seed``; test scenes take ``-1 - seed``, validation ``-1_000_001 - seed``.
+
+    The three never share scenes (for seeds below a million), so tuning on validation leaves
+    the test scenes untouched.
+    """
     if split not in SCENE_SPLITS:
         raise DataError(f"scenes: unknown split {split!r}; known: {SCENE_SPLITS}")
-    if seed < 0:
-        raise DataError(f"scenes: seed must be >= 0 (negative seeds are the test split's), got {seed}")
-    return seed if split == "train" else -1 - seed
+    if not 0 <= seed < VALIDATION_SEED_BASE:
+        raise DataError(
+            f"scenes: seed must be in 0..{VALIDATION_SEED_BASE - 1} (negative seeds are held out), got {seed}"
+        )
+    if split == "train":
+        return seed
+    return -1 - seed if split == "test" else -1 - VALIDATION_SEED_BASE - seed
 
 
 def load_records(

@@ -1,7 +1,10 @@
 """The benchmark registry: each benchmark is data (where, which split, which metric), not code.
 
 Published benchmarks are read from local copies under ``--data-dir`` in the layout they are
-published in (see ``sdrt.data.published``); ``easy-vqa`` and ``scenes`` are built in.
+published in (see ``sdrt.data.published``); ``easy-vqa`` and the generated scenes are built in.
+Scene benchmarks keep kinds apart, so perception and reasoning are scored apart: ``scenes`` is
+multi-hop questions only, ``scenes-single-hop`` single lookups, ``scenes-describe`` whole
+descriptions scored by object accuracy.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 
 from sdrt.data import load_records
 from sdrt.data.records import DataError, VQARecord
@@ -25,6 +29,7 @@ class Benchmark:
     layout: str | None = None  # published layout; None for built-in data
     folder: str | None = None  # sub-folder of --data-dir holding the files
     source: str | None = None  # built-in data source, when it differs from the name
+    prompt_style: Literal["short-answer", "open"] = "short-answer"  # open: the question as asked, long reply
 
     @property
     def builtin(self) -> bool:
@@ -49,7 +54,7 @@ class Benchmark:
         path = self.data_path(data_dir)
         if path is None:
             return load_records(
-                self.name, split=split or self.split, limit=limit, seed=seed, skip_bad=skip_bad
+                self.source or self.name, split=split or self.split, limit=limit, seed=seed, skip_bad=skip_bad
             )
         if not path.exists():
             raise DataError(
@@ -118,6 +123,23 @@ BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
                 "test",
                 "generated scenes, multi-hop questions with exact answers (built in)",
                 source="scenes:multi-hop",
+            ),
+            Benchmark(
+                "scenes-single-hop",
+                "exact_match",
+                "scene",
+                "test",
+                "generated scenes, single-hop questions: one lookup or one filter (built in)",
+                source="scenes:single-hop",
+            ),
+            Benchmark(
+                "scenes-describe",
+                "object_accuracy",
+                "scene",
+                "test",
+                "generated scenes described left to right, scored object by object (built in)",
+                source="scenes:describe",
+                prompt_style="open",
             ),
         )
     }

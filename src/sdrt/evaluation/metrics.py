@@ -376,12 +376,36 @@ def _score_multiple_choice(prediction: str, record: Any) -> float:
     return multiple_choice_accuracy(prediction, list(choices), int(index))
 
 
+def object_accuracy(prediction: str, answers: list[str]) -> float:
+    """The share of a scene's objects described right, in the right place; best over references.
+
+    Objects are the "size colour shape" phrases of a description, read left to right; the
+    i-th predicted object must equal the i-th reference object in all three. Dividing by the
+    longer of the two lists charges a missing or an invented object as one wrong object. A
+    reference that names no object is matched as ``exact_match`` would. Our own metric (the
+    community evaluators have no scene descriptions).
+    """
+    from sdrt.data.scenes import description_objects
+
+    predicted = description_objects(prediction)
+    best = 0.0
+    for answer in answers:
+        reference = description_objects(answer)
+        if not reference:
+            best = max(best, exact_match(prediction, [answer]))
+            continue
+        right = sum(p == r for p, r in zip(predicted, reference, strict=False))
+        best = max(best, right / max(len(predicted), len(reference)))
+    return best
+
+
 METRICS: dict[str, Scorer] = {
     "anls": lambda prediction, record: anls(prediction, _answers(record)),
     "vqa_accuracy": lambda prediction, record: vqa_accuracy(prediction, _answers(record)),
     "relaxed_accuracy": lambda prediction, record: relaxed_accuracy(prediction, _answers(record)),
     "multiple_choice_accuracy": _score_multiple_choice,
     "exact_match": lambda prediction, record: exact_match(prediction, _answers(record)),
+    "object_accuracy": lambda prediction, record: object_accuracy(prediction, _answers(record)),
 }
 
 
