@@ -145,8 +145,14 @@ def distill(
         Path | None, typer.Option(help="teacher cache folder to share between runs")
     ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="discard the checkpoints in --out and train from step 0")
+    ] = False,
 ) -> None:
-    """Train SDRT adapters so that one direct pass matches the K reasoning teachers."""
+    """Train SDRT adapters so that one direct pass matches the K reasoning teachers.
+
+    A rerun into the same --out resumes its checkpoint only with the same settings.
+    """
     from sdrt.distill.config import DistillConfig
     from sdrt.distill.run import distill_with_progress
 
@@ -161,7 +167,7 @@ def distill(
         teacher_cache_dir=teacher_cache,
         device=device,
     )
-    result = distill_with_progress(cfg)
+    result = distill_with_progress(cfg, restart=restart)
     print(result.adapter_dir)
 
 

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdrt.adapters.files import load_adapter
+from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.distill.config import DistillConfig, default_layers
 from sdrt.distill.trainer import DistillError, run_distillation
 
@@ -139,3 +140,54 @@ def test_two_processes_match_one_process(trace_dir, tmp_path):
     assert_same_weights(rank0, single, atol=1e-5)  # the same global batch gives the same update
     untrained = load_file(str(tmp_path / "single" / "initial.safetensors"))
     assert any(not torch.equal(single[k], untrained[k]) for k in single)
+
+
+# --- resuming into an existing --out: only with the settings that wrote the checkpoint ------------
+
+
+def test_fingerprint_mismatch_names_nested_fields():
+    saved = {"lr": 1e-3, "loss": {"hidden": 1.0, "ce": 1.0}, "layers": None}
+    current = {"lr": 1e-3, "loss": {"hidden": 1.0, "ce": 0.5}, "layers": [0, 1], "rank": 4}
+    assert fingerprint_mismatch(saved, current) == ["layers", "loss.ce", "rank"]
+    assert fingerprint_mismatch(saved, dict(saved)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"lr": 1e-2}, "lr"), ({"layers": [0, 1]}, "layers"), ({"loss": {"ce": 0.5}}, "loss.ce")],
+)
+def test_resuming_with_other_settings_is_refused(tiny_model, trace_dir, tmp_path, change, field):
+    run_distillation(config(trace_dir, tmp_path, steps=3, skip=False), tiny_model)
+    with pytest.raises(DistillError, match="other settings") as refused:
+        run_distillation(config(trace_dir, tmp_path, steps=3, skip=False, **change), tiny_model)
+    message = str(refused.value)
+    assert f"(differs in: {field})" in message, message
+    assert "--restart" in message
+
+
+def test_restart_trains_like_a_fresh_run(tiny_model, trace_dir, tmp_path):
+    run_distillation(config(trace_dir, tmp_path / "old", steps=3), tiny_model)
+    restarted = run_distillation(config(trace_dir, tmp_path / "old", lr=1e-2), tiny_model, restart=True)
+    fresh = run_distillation(config(trace_dir, tmp_path / "fresh", lr=1e-2), tiny_model)
+    assert restarted.resumed_from == 0
+    assert [e.lr for e in restarted.history] == [e.lr for e in fresh.history]
+    assert_same_weights(weights(tmp_path / "old"), weights(tmp_path / "fresh"))
+
+
+def test_the_command_refuses_in_one_line(trace_dir, tmp_path):
+    def distill(*extra: str) -> subprocess.CompletedProcess:
+        args = ["--model", "tiny:llava", "--traces", str(trace_dir), "--out", str(tmp_path / "a")]
+        command = [sys.executable, "-m", "sdrt.cli", "distill", *args, *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    settings = tmp_path / "lr.yaml"
+    settings.write_text("lr: 0.01\nbatch_size: 2\nwarmup_steps: 0\n")
+    first = distill("--steps", "2", "--config", str(settings))
+    assert first.returncode == 0, first.stderr
+    settings.write_text("lr: 0.02\nbatch_size: 2\nwarmup_steps: 0\n")
+    refused = distill("--steps", "2", "--config", str(settings))
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "(differs in: lr)" in refused.stderr and "--restart" in refused.stderr, refused.stderr
+    restarted = distill("--steps", "2", "--config", str(settings), "--restart")
+    assert restarted.returncode == 0, restarted.stderr

@@ -21,11 +21,15 @@ def parameter_report(model, trainable: int) -> str:
     )
 
 
-def distill_with_progress(config: DistillConfig) -> DistillResult:
+def distill_with_progress(config: DistillConfig, *, restart: bool = False) -> DistillResult:
     model = load_model(config.model, device=config.device)
     with progress_bar(config.steps, "distill", unit="step") as advance:
         result = run_distillation(
-            config, model, on_step=lambda e: advance(1, loss=e.loss, lr=e.lr, **e.terms), on_start=advance
+            config,
+            model,
+            on_step=lambda e: advance(1, loss=e.loss, lr=e.lr, **e.terms),
+            on_start=advance,
+            restart=restart,
         )
     console.print(parameter_report(model, result.trainable_parameters))
     return result

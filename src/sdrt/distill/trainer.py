@@ -32,6 +32,7 @@ from sdrt.adapters.config import AdapterConfig, GateConfig, SkipConfig
 from sdrt.adapters.files import save_adapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
+from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.distill.config import DistillConfig, default_layers
 from sdrt.distill.data import DistillExample, load_distill_examples
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
@@ -291,7 +292,8 @@ class DistillTrainer:
             tmp / "optimizer.pt",
         )
         history = [entry.__dict__ for entry in self.history]
-        (tmp / "state.json").write_text(json.dumps({"step": self.step, "history": history}))
+        state = {"step": self.step, "settings": run_fingerprint(self.config), "history": history}
+        (tmp / "state.json").write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -301,20 +303,46 @@ class DistillTrainer:
         return final
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint, if any; returns the step reached."""
+        """Load the newest complete checkpoint, if any; returns the step reached.
+
+        A checkpoint written with other settings is refused before anything is loaded.
+        """
         root = self.config.out / "checkpoints"
         found = sorted(root.glob("step-*")) if root.exists() else []
         if not found:
             return 0
         latest = found[-1]
+        saved = json.loads((latest / "state.json").read_text())
+        check_settings(latest, saved.get("settings"), run_fingerprint(self.config))
         self.adapter.load_state_dict(load_file(str(latest / "adapter.safetensors")))
         state = torch.load(latest / "optimizer.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        saved = json.loads((latest / "state.json").read_text())
         self.step = saved["step"]
         self.history = [StepLog(**entry) for entry in saved["history"]]
         return self.step
+
+
+RESTART_HINT = "rerun with --restart to discard it and start over, or use another --out"
+
+
+def run_fingerprint(config: DistillConfig) -> dict:
+    """The settings a checkpoint must share with the run that resumes it.
+
+    Left out: where files go, how often to checkpoint, the device, and whether teacher targets
+    are cached (the cache is exact and fingerprinted itself).
+    """
+    return config.model_dump(
+        mode="json", exclude={"out", "checkpoint_every", "cache_teacher", "teacher_cache_dir", "device"}
+    )
+
+
+def check_settings(checkpoint: Path, saved: dict | None, current: dict) -> None:
+    if saved is None:
+        raise DistillError(f"{checkpoint} records no settings to compare with; {RESTART_HINT}")
+    differing = fingerprint_mismatch(saved, current)
+    if differing:
+        raise DistillError(mismatch_message(checkpoint, differing, RESTART_HINT))
 
 
 def check_traces(folder: Path, model: VisionLanguageModel) -> PromptLibrary:
@@ -339,8 +367,14 @@ def run_distillation(
     model: VisionLanguageModel | None = None,
     on_step: Callable[[StepLog], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    *,
+    restart: bool = False,
 ) -> DistillResult:
-    """Train, checkpoint, and save the adapter folder; resumes from ``out/checkpoints``."""
+    """Train, checkpoint, and save the adapter folder.
+
+    Resumes from ``out/checkpoints`` when they were written with the same settings (any other
+    checkpoint is refused); ``restart`` discards them and trains from step 0.
+    """
     from sdrt.models import load_model
 
     torch.manual_seed(config.seed)
@@ -352,7 +386,9 @@ def run_distillation(
         library = check_traces(folder, model)
         examples += load_distill_examples(folder, min_agreement=config.min_agreement)
     trainer = DistillTrainer(config, model, examples, library)
-    resumed = trainer.resume()
+    if restart and rank == 0:
+        shutil.rmtree(config.out / "checkpoints", ignore_errors=True)
+    resumed = 0 if restart else trainer.resume()
     if on_start and resumed:
         on_start(resumed)
     with trainer.adapter.attached(model):
