@@ -106,6 +106,7 @@ def traces(
         f"{stats.examples_skipped_bad} skipped as bad, "
         f"{stats.generated_tokens} tokens in {stats.seconds:.1f} s"
     )
+    err.print(f"read them in a browser: sdrt view {cfg.out}  (writes {cfg.out / 'viewer' / 'index.html'})")
 
 
 @app.command()
@@ -207,6 +208,30 @@ def evaluate(
         skip_bad=skip_bad,
         device=device,
     )
+
+
+@app.command()
+def view(
+    traces_dirs: Annotated[list[Path], typer.Argument(help="trace folders from `sdrt traces`")],
+    results: Annotated[
+        Path | None, typer.Option(help="results JSON of `sdrt eval`, shown beside the traces")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="viewer folder (default: TRACES_DIR/viewer)")] = None,
+    data_dir: Annotated[Path, typer.Option(help="benchmark data, for images of evaluated examples")] = Path(
+        "data"
+    ),
+) -> None:
+    """Write a static trace viewer (index.html and images/) that opens from disk, no server."""
+    from sdrt.evaluation.viewer import write_viewer
+
+    page, stats = write_viewer(
+        traces_dirs, out or traces_dirs[0] / "viewer", results=results, data_dir=data_dir
+    )
+    err.print(
+        f"{stats.examples} examples ({stats.traced} traced, {stats.result_only} from results only), "
+        f"{stats.images} images, {stats.missing_images} examples without an image"
+    )
+    print(page.resolve().as_uri())
 
 
 @app.command()

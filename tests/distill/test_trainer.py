@@ -5,12 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from sdrt.adapters.files import load_adapter
 from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import DistillError, run_distillation
+from sdrt.prompts.library import PromptLibrary
 
 
 def config(trace_dir: Path, out: Path, **overrides) -> DistillConfig:
@@ -191,3 +194,46 @@ def test_the_command_refuses_in_one_line(trace_dir, tmp_path):
     assert "(differs in: lr)" in refused.stderr and "--restart" in refused.stderr, refused.stderr
     restarted = distill("--steps", "2", "--config", str(settings), "--restart")
     assert restarted.returncode == 0, restarted.stderr
+
+
+# --- several trace folders --------------------------------------------------------------------------
+
+
+def test_each_trace_folder_keeps_its_own_prompt_library(
+    tiny_model, trace_dir, make_traces, tmp_path, monkeypatch
+):
+    # A second folder whose library gives the same prompt ids other step-2 templates.
+    builtin = PromptLibrary.load()
+    entries = [
+        {
+            "id": p.id,
+            "description": p.description,
+            "task_types": list(p.task_types),
+            "step1": p.step1_template,
+            "step2": "Reply from the second library: {question}",
+        }
+        for p in builtin.select(task_type="scene", k=2)
+    ]
+    override = tmp_path / "prompts.yaml"
+    override.write_text(yaml.safe_dump({"prompts": entries}))
+    other = make_traces(tmp_path / "other", source="scenes:multi-hop", prompts_yaml=override)
+    libraries = {trace_dir: builtin, other: PromptLibrary.load(override)}
+
+    scored = []  # every conversation the model scores: the student's and the teachers'
+    real_score = tiny_model.score
+
+    def recording_score(images, prompts, *args, **kwargs):
+        scored.extend(prompts)
+        return real_score(images, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "score", recording_score)
+    cfg = config(trace_dir, tmp_path / "adapter", traces=[trace_dir, other], steps=1, batch_size=16)
+    run_distillation(cfg, tiny_model)
+
+    for folder, own in libraries.items():
+        wrong = libraries[other if folder == trace_dir else trace_dir]
+        for ex in load_distill_examples(folder):
+            for prompt_id, analysis in zip(ex.prompt_ids, ex.analyses, strict=True):
+                args = (ex.record.question, analysis, ex.record.choices)
+                assert own.get(prompt_id).step2(*args) in scored, (folder.name, ex.record.id, prompt_id)
+                assert wrong.get(prompt_id).step2(*args) not in scored, (folder.name, ex.record.id, prompt_id)

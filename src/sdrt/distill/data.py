@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sdrt.data import load_records
 from sdrt.data.records import VQARecord
+from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
 from sdrt.traces.store import TraceStore
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,25 @@ class DistillExample:
     analyses: list[str]  # K step-1 analyses
     weights: list[float]  # K ensemble weights, summing to 1
     agreement: float
+    # The library the prompt ids belong to (that of the example's trace folder): folders made
+    # with different libraries may give one id different templates. None: the trainer's library.
+    library: PromptLibrary | None = None
+
+    def prompt(self, i: int, default: PromptLibrary | None = None) -> DualQueryPrompt:
+        """Prompt ``i`` of this example, from its own library."""
+        library = self.library or default
+        if library is None:
+            raise DistillDataError(f"example {self.record.id} has no prompt library to render its prompts")
+        return library.get(self.prompt_ids[i])
 
 
-def load_distill_examples(traces_dir: str | Path, *, min_agreement: float = 0.0) -> list[DistillExample]:
+def load_distill_examples(
+    traces_dir: str | Path, *, min_agreement: float = 0.0, library: PromptLibrary | None = None
+) -> list[DistillExample]:
     """Group trace rows by example and attach each example's record (for its image).
+
+    ``library`` (the one the folder was traced with) goes with every example, so that the
+    teacher renders each example's prompts from its own folder's library.
 
     Examples whose pseudo-label is empty or whose agreement is below ``min_agreement`` are
     left out and counted in the log.
@@ -59,6 +75,7 @@ def load_distill_examples(traces_dir: str | Path, *, min_agreement: float = 0.0)
                 analyses=[r["analysis"] or "" for r in rows],
                 weights=_normalised([float(r["prompt_weight"] or 0.0) for r in rows]),
                 agreement=agreement,
+                library=library,
             )
         )
     if dropped:

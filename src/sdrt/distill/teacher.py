@@ -43,16 +43,19 @@ def compute_teacher_targets(
     model: VisionLanguageModel,
     examples: Sequence[DistillExample],
     images: Sequence[EncodedImage],
-    library: PromptLibrary,
+    library: PromptLibrary | None,
     layers: Sequence[int],
     top_k: int = 32,
 ) -> list[TeacherTargets]:
-    """One batched teacher forward over B·K rows. Call with the adapter detached."""
+    """One batched teacher forward over B·K rows. Call with the adapter detached.
+
+    Each example's prompts come from its own library; ``library`` serves examples without one.
+    """
     rows = [(b, i) for b, ex in enumerate(examples) for i in range(len(ex.prompt_ids))]
     prompts = [
-        library.get(examples[b].prompt_ids[i]).step2(
-            examples[b].record.question, examples[b].analyses[i], examples[b].record.choices
-        )
+        examples[b]
+        .prompt(i, library)
+        .step2(examples[b].record.question, examples[b].analyses[i], examples[b].record.choices)
         for b, i in rows
     ]
     with torch.no_grad():

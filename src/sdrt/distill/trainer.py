@@ -136,17 +136,21 @@ class DistillTrainer:
         config: DistillConfig,
         model: VisionLanguageModel,
         examples: list[DistillExample],
-        library: PromptLibrary,
+        library: PromptLibrary | None = None,
     ) -> None:
+        """``library`` renders the prompts of examples that carry no library of their own."""
         counts = {len(ex.prompt_ids) for ex in examples}
         if len(counts) != 1:
             raise DistillError(f"all traces must have the same number of prompts per example, found {counts}")
+        if library is None and any(ex.library is None for ex in examples):
+            raise DistillError("examples without a prompt library of their own need the trainer's library")
         if config.gate and counts == {1}:
             raise DistillError("the learned gate mixes one head per prompt: it needs traces with K >= 2")
         self.config = config
         self.model = model
         self.examples = examples
         self.library = library
+        self.library_hash = libraries_hash(examples, library)
         self.layers = config.layers or default_layers(model.num_layers)
         self.adapter = SDRTAdapter.for_model(self.adapter_config(), model).to(model.device)
         self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
@@ -171,7 +175,7 @@ class DistillTrainer:
             gate=GateConfig(enabled=c.gate, num_heads=max(2, len(self.examples[0].prompt_ids))),
             base_model=self.model.name,
             base_model_config_hash=self.model.config_hash,
-            prompt_library_hash=self.library.content_hash,
+            prompt_library_hash=self.library_hash,
         )
 
     def _lr_factor(self, step: int) -> float:
@@ -186,7 +190,7 @@ class DistillTrainer:
         """What teacher targets depend on: a cache made for anything else is never read."""
         manifests = [TraceStore(folder).manifest() for folder in self.config.traces]
         traces = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
-        parts = (self.model.config_hash, self.layers, self.library.content_hash, self.config.top_k, traces)
+        parts = (self.model.config_hash, self.layers, self.library_hash, self.config.top_k, traces)
         return ":".join(str(part) for part in parts)
 
     # --- one step ------------------------------------------------------------------------------
@@ -345,6 +349,14 @@ def check_settings(checkpoint: Path, saved: dict | None, current: dict) -> None:
         raise DistillError(mismatch_message(checkpoint, differing, RESTART_HINT))
 
 
+def libraries_hash(examples: Sequence[DistillExample], default: PromptLibrary | None) -> str:
+    """The content hash of the one library the examples' prompts come from, or of all of them."""
+    hashes = sorted({(ex.library or default).content_hash for ex in examples if ex.library or default})
+    if len(hashes) <= 1:
+        return hashes[0] if hashes else ""
+    return hashlib.sha256("+".join(hashes).encode()).hexdigest()
+
+
 def check_traces(folder: Path, model: VisionLanguageModel) -> PromptLibrary:
     """The prompt library the traces were made with; refuses traces of another model or library."""
     manifest = TraceStore(folder).manifest()
@@ -381,11 +393,11 @@ def run_distillation(
     init_distributed()
     rank, _ = world()
     model = model or load_model(config.model, device=config.device)
-    library, examples = None, []
-    for folder in config.traces:
+    examples: list[DistillExample] = []
+    for folder in config.traces:  # each folder's examples keep the library they were traced with
         library = check_traces(folder, model)
-        examples += load_distill_examples(folder, min_agreement=config.min_agreement)
-    trainer = DistillTrainer(config, model, examples, library)
+        examples += load_distill_examples(folder, min_agreement=config.min_agreement, library=library)
+    trainer = DistillTrainer(config, model, examples)
     if restart and rank == 0:
         shutil.rmtree(config.out / "checkpoints", ignore_errors=True)
     resumed = 0 if restart else trainer.resume()
