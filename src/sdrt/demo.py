@@ -21,6 +21,7 @@ from sdrt.evaluation.benchmarks import get_benchmark
 from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.evaluation.report import markdown_table, write_report
 from sdrt.evaluation.run import results_table
+from sdrt.evaluation.viewer import write_viewer
 from sdrt.models import load_model
 from sdrt.progress import console, progress_bar
 from sdrt.prompts.library import PromptLibrary
@@ -123,6 +124,10 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
         "scores: easy-vqa and scenes use exact match; "
         "tokens/answer and calls/answer count every generation step",
     ]
+    viewer, _ = write_viewer(
+        list(plan.trace_dirs.values()), plan.report_dir / "viewer", results=plan.work_dir / "results.json"
+    )
+    notes.append(f"what each prompt wrote, example by example: [trace viewer](viewer/{viewer.name})")
     report = write_report(
         results,
         plan.report_dir,
