@@ -131,3 +131,79 @@ def test_ask_with_an_adapter_answers_in_one_pass(image, tmp_path):
 
     other = sdrt("ask", *question[:1], "tiny:qwen2-vl", *question[2:], "--adapter", str(folder))
     assert_clean_error(other, "config hash")
+
+
+def test_ask_refuses_an_adapter_inside_a_reasoning_mode(image, tmp_path):
+    from sdrt.adapters.config import AdapterConfig
+    from sdrt.adapters.files import save_adapter
+    from sdrt.adapters.model import SDRTAdapter
+    from sdrt.models.tiny import load_tiny_model
+
+    adapter = SDRTAdapter.for_model(AdapterConfig(layers=[1], rank=2), load_tiny_model("llava"))
+    folder = save_adapter(adapter, tmp_path / "adapter")
+    question = ["--model", "tiny:llava", "--image", str(image), "--question", "what color?"]
+    for mode in ("ensemble", "dual:image_description"):
+        refused = sdrt("ask", *question, "--mode", mode, "--adapter", str(folder))
+        assert_clean_error(refused, "--adapter answers in one pass", mode)
+
+
+PROMPT_FILE = """\
+prompts:
+  - id: colour_check
+    description: Name the colours before answering.
+    task_types: [scene]
+    step1: "Name the colours of the objects in this question: {question}"
+    step2: "Using those colours, answer the question: {question}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a, b", (["a", "b"], None)),
+        ("my.yaml", (None, "my.yaml")),
+        ("my.yml,a", (["a"], "my.yml")),
+    ],
+)
+def test_prompts_option_takes_ids_a_file_or_both(value, expected):
+    from pathlib import Path
+
+    from sdrt.cli import _split_prompts_option
+
+    ids, file = _split_prompts_option(value)
+    assert (ids, None if file is None else str(file)) == expected
+    assert file is None or isinstance(file, Path)
+
+
+def test_ask_reads_a_prompt_file_and_named_ids(image, tmp_path):
+    prompts = tmp_path / "mine.yaml"
+    prompts.write_text(PROMPT_FILE)
+    question = ["--model", "tiny:llava", "--image", str(image), "--question", "what color?"]
+    dual = sdrt("ask", *question, "--mode", "dual:colour_check", "--prompts", str(prompts))
+    assert dual.returncode == 0, dual.stderr
+    assert "colour_check analysis:" in dual.stderr
+
+    named = sdrt("ask", *question, "--mode", "ensemble", "--prompts", f"{prompts},counting,colour_check")
+    assert named.returncode == 0, named.stderr
+    shown = [line.split()[0] for line in named.stderr.splitlines() if " analysis:" in line]
+    assert shown == ["counting", "colour_check"]
+
+    assert_clean_error(sdrt("ask", *question, "--mode", "ensemble", "--prompts", "nope"), "nope")
+
+
+def test_eval_uses_the_prompts_named(tmp_path):
+    import json
+
+    prompts = tmp_path / "mine.yaml"
+    prompts.write_text(PROMPT_FILE)
+    out = tmp_path / "results.json"
+    result = sdrt(
+        "eval",
+        *("--model", "tiny:llava", "--benchmark", "easy-vqa", "--limit", "2", "--k", "2"),
+        *("--mode", "ensemble", "--mode", "dual:colour_check"),
+        *("--prompts", f"{prompts},colour_check,counting", "--out", str(out)),
+    )
+    assert result.returncode == 0, result.stderr
+    items = json.loads(out.read_text())["items"]
+    used = {(i["mode"], tuple(i["prompt_answers"])) for i in items}
+    assert used == {("ensemble", ("colour_check", "counting")), ("dual:colour_check", ("colour_check",))}

@@ -8,6 +8,7 @@ from sdrt.data.records import VQARecord
 from sdrt.models import load_model
 from sdrt.prompts.library import PromptLibrary
 from sdrt.reasoning.modes import Answer, answer_with_mode, parse_mode
+from sdrt.traces.job import select_prompts
 
 
 def ask_question(
@@ -18,13 +19,26 @@ def ask_question(
     mode: str = "direct",
     adapter: Path | None = None,
     k: int = 3,
+    prompt_ids: list[str] | None = None,
     prompts_yaml: Path | None = None,
     device: str = "cpu",
 ) -> Answer:
+    """``prompt_ids`` choose the ensemble's prompts (default: the first ``k`` suited to the question).
+
+    An adapter answers in one pass (modes ``direct`` and ``adapter``): it was trained to stand in
+    for the reasoning, not to run inside it, so reasoning modes refuse one.
+    """
     kind, _ = parse_mode(mode)
+    if adapter is not None and kind in {"dual", "ensemble"}:
+        raise ValueError(
+            f"--adapter answers in one pass: use it with --mode direct or adapter, not {mode} "
+            "(reasoning modes run the model without the adapter)"
+        )
     record = VQARecord(id=str(image), question=question, image_path=str(image))
     picture = record.load_image()  # fails early, naming the file, before a model is loaded
     library = PromptLibrary.load(prompts_yaml)
+    for prompt_id in prompt_ids or []:
+        library.get(prompt_id)  # an unknown id fails before the model loads
     model = load_model(model_name, device=device)
     if adapter is not None:
         from sdrt.adapters.files import load_adapter
@@ -33,5 +47,5 @@ def ask_question(
     elif kind == "adapter":
         raise ValueError("--mode adapter needs --adapter DIR")
     encoded = model.encode_images([picture])
-    prompts = library.select(task_type=record.task_type, k=k)
+    prompts = select_prompts(library, prompt_ids, k, record.task_type)
     return answer_with_mode(model, [record], encoded, mode, prompts, library.get)[0]

@@ -26,6 +26,14 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="skip bad records (counted and logged)")]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts",
+        help="comma-separated prompt ids, a YAML file of extra or overriding prompts, or both "
+        "(my.yaml,id1,id2)",
+    ),
+]
 
 
 @app.command()
@@ -42,17 +50,29 @@ def ask(
     image: Annotated[Path, typer.Option(help="image file")],
     question: Annotated[str, typer.Option(help="the question")],
     model: ModelOpt = "embedded",
-    mode: Annotated[str, typer.Option(help="direct | dual:<prompt-id> | ensemble")] = "direct",
-    adapter: Annotated[Path | None, typer.Option(help="an SDRT adapter folder to answer with")] = None,
+    mode: Annotated[str, typer.Option(help="direct | dual:<prompt-id> | ensemble | adapter")] = "direct",
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="an SDRT adapter folder: answers in one pass (modes direct and adapter only)"),
+    ] = None,
     k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
-    prompts_yaml: Annotated[Path | None, typer.Option(help="extra or overriding prompts")] = None,
+    prompts: PromptsOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Answer one question about one image; the answer is the last line printed."""
     from sdrt.ask import ask_question
 
+    prompt_ids, prompts_yaml = _split_prompts_option(prompts)
     result = ask_question(
-        model, image, question, mode=mode, adapter=adapter, k=k, prompts_yaml=prompts_yaml, device=device
+        model,
+        image,
+        question,
+        mode=mode,
+        adapter=adapter,
+        k=k,
+        prompt_ids=prompt_ids,
+        prompts_yaml=prompts_yaml,
+        device=device,
     )
     for trace in result.traces:
         err.print(f"[bold]{trace.prompt_id}[/bold] analysis: {trace.analysis}")
@@ -68,7 +88,7 @@ def traces(
     ] = None,
     split: Annotated[str | None, typer.Option(help="data split (default: train)")] = None,
     layout: Annotated[str | None, typer.Option(help="published layout of a Parquet folder")] = None,
-    prompts: Annotated[str | None, typer.Option(help="comma-separated prompt ids, or a YAML file")] = None,
+    prompts: PromptsOpt = None,
     k: Annotated[int | None, typer.Option(help="prompts per example (default: 3)")] = None,
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed (default: 0)")] = None,
@@ -184,6 +204,7 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
     seed: Annotated[int, typer.Option(help="sampling and bootstrap seed")] = 0,
     k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
+    prompts: PromptsOpt = None,
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
     out: Annotated[Path, typer.Option(help="results JSON (per-item predictions included)")] = Path(
         "runs/results.json"
@@ -194,6 +215,7 @@ def evaluate(
     """Score modes on benchmarks with the community metrics, each beside its cost per answer."""
     from sdrt.evaluation.run import run_evaluation
 
+    prompt_ids, prompts_yaml = _split_prompts_option(prompts)
     run_evaluation(
         model,
         benchmark or ["easy-vqa"],
@@ -203,6 +225,8 @@ def evaluate(
         limit=limit,
         seed=seed,
         k=k,
+        prompt_ids=prompt_ids,
+        prompts_yaml=prompts_yaml,
         batch_size=batch_size,
         out=out,
         skip_bad=skip_bad,
@@ -268,11 +292,15 @@ def demo(
 
 
 def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | None]:
+    """``--prompts``: the ids named (None: the library's default choice) and the YAML file, if any."""
     if value is None:
         return None, None
-    if value.endswith((".yaml", ".yml")):
-        return None, Path(value)
-    return [v.strip() for v in value.split(",") if v.strip()], None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    files = [item for item in items if item.endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise ValueError(f"--prompts takes one YAML file, got {', '.join(files)}")
+    ids = [item for item in items if item not in files]
+    return ids or None, Path(files[0]) if files else None
 
 
 def _quiet_transformers() -> None:

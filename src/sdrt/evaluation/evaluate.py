@@ -22,6 +22,7 @@ from sdrt.models.base import VisionLanguageModel
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import PromptLibrary
 from sdrt.reasoning.modes import GenerationBudget, answer_with_mode, parse_mode
+from sdrt.traces.job import select_prompts
 
 
 @dataclass
@@ -104,12 +105,16 @@ def evaluate_mode(
     library: PromptLibrary,
     *,
     k: int = 3,
+    prompt_ids: Sequence[str] | None = None,
     batch_size: int = 8,
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     on_progress: Callable[[int], None] | None = None,
 ) -> list[ItemResult]:
-    ensemble_prompts = library.select(task_type=benchmark.task_type, k=k)
+    """``prompt_ids``: the ensemble's prompts (default: the first ``k`` suited to the benchmark)."""
+    ensemble_prompts = select_prompts(
+        library, list(prompt_ids) if prompt_ids else None, k, benchmark.task_type
+    )
     items: list[ItemResult] = []
     for start in range(0, len(records), batch_size):
         batch = list(records[start : start + batch_size])
@@ -186,6 +191,7 @@ def evaluate(
     limit: int | None = None,
     seed: int = 0,
     k: int = 3,
+    prompt_ids: Sequence[str] | None = None,
     batch_size: int = 8,
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
@@ -213,6 +219,7 @@ def evaluate(
                     mode,
                     library,
                     k=k,
+                    prompt_ids=prompt_ids,
                     batch_size=batch_size,
                     budget=budget,
                     strategy=strategy,

@@ -27,13 +27,18 @@ def run_evaluation(
     limit: int | None = None,
     seed: int = 0,
     k: int = 3,
+    prompt_ids: list[str] | None = None,
+    prompts_yaml: Path | None = None,
     batch_size: int = 8,
     out: Path = Path("runs/results.json"),
     skip_bad: bool = False,
     device: str = "cpu",
 ) -> EvalResults:
+    """``prompts_yaml`` adds or overrides prompts; ``prompt_ids`` choose the ensemble's prompts."""
     chosen = [get_benchmark(name) for name in benchmark_names]  # unknown names fail before loading
-    library = PromptLibrary.load()
+    library = PromptLibrary.load(prompts_yaml)
+    for prompt_id in prompt_ids or []:
+        library.get(prompt_id)  # an unknown id fails before the model loads
     model = load_model(model_name, device=device)
     loaded_adapter = None
     if adapter is not None:
@@ -49,6 +54,7 @@ def run_evaluation(
         limit=limit,
         seed=seed,
         k=k,
+        prompt_ids=prompt_ids,
         batch_size=batch_size,
         adapter=loaded_adapter,
         skip_bad=skip_bad,
