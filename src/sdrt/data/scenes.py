@@ -122,6 +122,17 @@ def make_scenes(n: int, seed: int) -> list[Scene]:
     return [_make_scene(seed, index) for index in range(n)]
 
 
+def scene_by_id(scene_id: str) -> Scene:
+    """The scene a record's ``metadata["scene_id"]`` names ("scenes/<seed>/<index>")."""
+    try:
+        prefix, seed, index = scene_id.split("/")
+        if prefix != "scenes":
+            raise ValueError(prefix)
+        return _make_scene(int(seed), int(index))
+    except ValueError:
+        raise DataError(f"not a scene id: {scene_id!r} (expected scenes/<seed>/<index>)") from None
+
+
 def _make_scene(seed: int, index: int) -> Scene:
     rng = random.Random(f"sdrt-scene/{seed}/{index}")  # str seeds hash the same in every process
     count = rng.randint(MIN_SHAPES, MAX_SHAPES)
