@@ -1,5 +1,8 @@
 """The demo pipeline end to end on a tiny backend: every stage, the report, and reuse on a rerun."""
 
+import dataclasses
+import json
+
 from sdrt.demo import DemoPlan, run_demo
 
 
@@ -29,3 +32,14 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     output = capsys.readouterr()
     assert "reusing" in output.out + output.err
     assert "0 new, 4 already on disk" in output.out + output.err
+
+    # a changed plan redoes what it changes: the scene traces (new size), distillation (new
+    # steps, new traces) and evaluation (new adapter); the easy-vqa traces are reused
+    run_demo(dataclasses.replace(plan, distill_steps=3, train_scenes=5))
+    text = "".join(capsys.readouterr())
+    assert "traces: 0 new, 4 already on disk" in text
+    assert "traces: 5 new, 0 already on disk" in text
+    log = json.loads((plan.work_dir / "adapter" / "train_log.json").read_text())
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert "distill: reusing" not in text
+    assert "evaluate: reusing" not in text

@@ -6,17 +6,23 @@
 4. report: a Markdown table and plots in ``report/``.
 
 Every stage writes to ``runs/demo/`` and is skipped on a rerun once its output is complete
-(traces and distillation resume from where a killed run stopped).
+(traces and distillation resume from where a killed run stopped). Each stage's inputs are
+recorded in ``runs/demo/stages.json``: a stage whose inputs changed (steps, sizes, model, ...)
+is redone from scratch, and so is every stage after it, whose inputs include its own.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.config import DataSource, TraceConfig
 from sdrt.distill.config import DistillConfig
-from sdrt.distill.trainer import run_distillation
+from sdrt.distill.trainer import run_distillation, run_fingerprint
 from sdrt.evaluation.benchmarks import get_benchmark
 from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.evaluation.report import markdown_table, write_report
@@ -28,6 +34,9 @@ from sdrt.prompts.library import PromptLibrary
 from sdrt.traces.job import run_trace_job
 
 TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
+EVAL_BENCHMARKS = ("easy-vqa", "scenes")
+EVAL_MODES = ("direct", "ensemble", "adapter")
+STAGES_FILE = "stages.json"
 
 
 @dataclass(frozen=True)
@@ -48,38 +57,100 @@ class DemoPlan:
         return {source: self.work_dir / f"traces-{source.replace(':', '-')}" for source in TRAIN_SOURCES}
 
 
-def run_traces(plan: DemoPlan, model) -> None:
+# --- what each stage is made from ------------------------------------------------------------------
+
+
+def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
     sizes = dict(zip(TRAIN_SOURCES, (plan.train_easy_vqa, plan.train_scenes), strict=True))
-    for name, folder in plan.trace_dirs.items():
-        console.rule(f"traces: {name} (train, {sizes[name]} questions, K={plan.k})")
-        stats = run_trace_job(
-            TraceConfig(
-                model=plan.model,
-                data=DataSource(source=name, split="train", limit=sizes[name], seed=plan.seed),
-                k=plan.k,
-                batch_size=plan.batch_size,
-                out=folder,
-            ),
-            model,
+    return {
+        name: TraceConfig(
+            model=plan.model,
+            data=DataSource(source=name, split="train", limit=sizes[name], seed=plan.seed),
+            k=plan.k,
+            batch_size=plan.batch_size,
+            out=folder,
         )
-        console.print(f"traces: {stats.examples_done} new, {stats.examples_already_done} already on disk")
+        for name, folder in plan.trace_dirs.items()
+    }
 
 
-def run_distill(plan: DemoPlan, model) -> Path:
-    out = plan.work_dir / "adapter"
-    if (out / "adapter_config.json").exists():
-        console.print(f"distill: reusing {out}")
-        return out
-    console.rule(f"distill: {plan.distill_steps} steps")
-    config = DistillConfig(
+def distill_config(plan: DemoPlan) -> DistillConfig:
+    return DistillConfig(
         model=plan.model,
         traces=list(plan.trace_dirs.values()),
-        out=out,
+        out=plan.work_dir / "adapter",
         steps=plan.distill_steps,
         batch_size=plan.batch_size,
         seed=plan.seed,
         cache_teacher=True,
     )
+
+
+def trace_inputs(config: TraceConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude={"out"})
+
+
+def distill_inputs(plan: DemoPlan) -> dict[str, Any]:
+    """The distillation settings and the inputs of the traces it reads."""
+    traces = {name: trace_inputs(config) for name, config in trace_configs(plan).items()}
+    return {"settings": run_fingerprint(distill_config(plan)), "traces": traces}
+
+
+def eval_inputs(plan: DemoPlan) -> dict[str, Any]:
+    return {
+        "model": plan.model,
+        "benchmarks": list(EVAL_BENCHMARKS),
+        "modes": list(EVAL_MODES),
+        "examples": plan.eval_examples,
+        "seed": plan.seed,
+        "k": plan.k,
+        "batch_size": plan.batch_size,
+        "adapter": distill_inputs(plan),
+    }
+
+
+def same_inputs(plan: DemoPlan, stage: str, inputs: dict[str, Any], output: Path) -> bool:
+    """True when ``output`` was made from ``inputs``; otherwise it is removed and ``inputs`` recorded.
+
+    Inputs are recorded before the stage runs, so a killed stage resumes only into output made
+    from the same inputs.
+    """
+    path = plan.work_dir / STAGES_FILE
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    if recorded.get(stage) == inputs:
+        return True
+    if output.exists():
+        changed = fingerprint_mismatch(recorded[stage], inputs) if stage in recorded else ["not recorded"]
+        console.print(f"{stage}: the plan changed ({', '.join(changed)}); redoing it")
+        if output.is_dir():
+            shutil.rmtree(output)
+        else:
+            output.unlink()
+    recorded[stage] = inputs
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(recorded, indent=1, sort_keys=True))
+    staging.replace(path)
+    return False
+
+
+# --- the stages -------------------------------------------------------------------------------------
+
+
+def run_traces(plan: DemoPlan, model) -> None:
+    for name, config in trace_configs(plan).items():
+        same_inputs(plan, f"traces {name}", trace_inputs(config), config.out)  # same: resume, else redo
+        console.rule(f"traces: {name} (train, {config.data.limit} questions, K={plan.k})")
+        stats = run_trace_job(config, model)
+        console.print(f"traces: {stats.examples_done} new, {stats.examples_already_done} already on disk")
+
+
+def run_distill(plan: DemoPlan, model) -> Path:
+    config = distill_config(plan)
+    out = config.out
+    if same_inputs(plan, "distill", distill_inputs(plan), out) and (out / "adapter_config.json").exists():
+        console.print(f"distill: reusing {out}")
+        return out
+    console.rule(f"distill: {plan.distill_steps} steps")
     with progress_bar(plan.distill_steps, "distill", unit="step") as advance:
         run_distillation(
             config, model, on_step=lambda e: advance(1, loss=e.loss, **e.terms), on_start=advance
@@ -89,7 +160,7 @@ def run_distill(plan: DemoPlan, model) -> Path:
 
 def run_eval(plan: DemoPlan, model, adapter_dir: Path) -> EvalResults:
     path = plan.work_dir / "results.json"
-    if path.exists():
+    if same_inputs(plan, "evaluate", eval_inputs(plan), path) and path.exists():
         console.print(f"evaluate: reusing {path}")
         return EvalResults.load(path)
     from sdrt.adapters.files import load_adapter
@@ -97,8 +168,8 @@ def run_eval(plan: DemoPlan, model, adapter_dir: Path) -> EvalResults:
     console.rule(f"evaluate: {plan.eval_examples} held-out questions per benchmark")
     results = evaluate(
         model,
-        [get_benchmark("easy-vqa"), get_benchmark("scenes")],
-        ["direct", "ensemble", "adapter"],
+        [get_benchmark(name) for name in EVAL_BENCHMARKS],
+        list(EVAL_MODES),
         PromptLibrary.load(),
         limit=plan.eval_examples,
         seed=plan.seed,
