@@ -151,7 +151,8 @@
   }
 
   function traceRow(t) {
-    var analysis = t.a ? '<div class="analysis">' + escapeHtml(t.a) + "</div>" : '<span class="empty">(not kept)</span>';
+    var analysis = t.a ? '<div class="analysis">' + escapeHtml(t.a) + "</div>"
+      : '<span class="empty">' + (t.a === null ? "(no trace: answer from the results)" : "(empty)") + "</span>";
     var badges = (t.states ? ' <span class="tag">answers in step 1</span>' : "") +
       (t.agree ? "" : ' <span class="tag">differs from ensemble</span>');
     var raw = t.raw && t.raw.trim() !== t.ans.trim() ? '<div class="raw">' + escapeHtml(t.raw) + "</div>" : "";

@@ -245,7 +245,7 @@ def result_only_example(items: list[ItemResult], image: str | None) -> dict[str,
     metric = benchmark.metric if benchmark else "exact_match"
     voted = next((i for i in items if i.prompt_answers), None)
     traces = [
-        {"p": p, "a": "", "raw": "", "ans": a, "lp": None, "mlp": None, "at": None, "w": None}
+        {"p": p, "a": None, "raw": "", "ans": a, "lp": None, "mlp": None, "at": None, "w": None}
         | {"ok": is_right(metric, a, first.references), "agree": same_answer(a, voted.prediction)}
         | {"states": False}
         for p, a in (voted.prompt_answers.items() if voted else [])
