@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message stays one line in a pipe or a CI log
 
 ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="embedded | tiny:<family> | model folder | hub id")
@@ -154,6 +154,10 @@ def distill(
         list[Path] | None,
         typer.Option(help="trace folder from `sdrt traces` (repeatable; default runs/traces)"),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="sdrt (the adapter, default) or lora-sft (the LoRA control on the same labels)"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="adapter folder, resumable (default: runs/adapter)")
     ] = None,
@@ -182,6 +186,7 @@ def distill(
         config,
         model=model,
         traces=traces,
+        method=method,
         out=out,
         steps=steps,
         cache_teacher=cache_teacher,

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import sdrt
 from sdrt.adapters.config import AdapterConfig, AdapterError
+from sdrt.adapters.lora import METHOD as LORA_METHOD
+from sdrt.adapters.lora import LoRAAdapter, load_lora_adapter, save_lora_adapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.models.base import VisionLanguageModel
 
@@ -30,8 +32,10 @@ def adapter_config_dict(adapter: SDRTAdapter) -> dict[str, Any]:
     return {"method": METHOD, **adapter.config.model_dump(mode="json"), "sdrt_version": sdrt.__version__}
 
 
-def save_adapter(adapter: SDRTAdapter, out_dir: str | Path) -> Path:
+def save_adapter(adapter: SDRTAdapter | LoRAAdapter, out_dir: str | Path) -> Path:
     """Write the adapter folder; returns its path. Only weights go into the safetensors file."""
+    if isinstance(adapter, LoRAAdapter):
+        return save_lora_adapter(adapter, out_dir, CONFIG_NAME, WEIGHTS_NAME)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(adapter_config_dict(adapter), sort_keys=True, indent=2) + "\n"
@@ -41,8 +45,8 @@ def save_adapter(adapter: SDRTAdapter, out_dir: str | Path) -> Path:
     return out
 
 
-def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
-    """Read and validate ``adapter_config.json``; unknown keys are warned about and ignored."""
+def read_raw_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a JSON object (the method decides how to read the rest)."""
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
         raise AdapterError(f"no {CONFIG_NAME} in {path.parent}")
@@ -52,6 +56,13 @@ def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
         raise AdapterError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(raw, dict):
         raise AdapterError(f"{path}: expected a JSON object")
+    return raw
+
+
+def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
+    """Read and validate an SDRT ``adapter_config.json``; unknown keys are warned about and ignored."""
+    path = Path(adapter_dir) / CONFIG_NAME
+    raw = read_raw_config(adapter_dir)
     method = raw.pop("method", None)
     if method != METHOD:
         raise AdapterError(f"{path}: method is {method!r}, expected {METHOD!r}")
@@ -66,9 +77,15 @@ def read_adapter_config(adapter_dir: str | Path) -> AdapterConfig:
         raise AdapterError(f"{path}: invalid adapter config: {problems}") from err
 
 
-def load_adapter(adapter_dir: str | Path, model: VisionLanguageModel) -> SDRTAdapter:
-    """Rebuild a saved adapter for ``model`` (not attached), after checking it is the same model."""
+def load_adapter(adapter_dir: str | Path, model: VisionLanguageModel) -> SDRTAdapter | LoRAAdapter:
+    """Rebuild a saved adapter for ``model`` (not attached), after checking it is the same model.
+
+    SDRT adapters and the LoRA-SFT control (``"method": "lora-sft"``) load alike.
+    """
     folder = Path(adapter_dir)
+    raw = read_raw_config(folder)
+    if raw.get("method") == LORA_METHOD:
+        return load_lora_adapter(raw, folder / WEIGHTS_NAME, model)
     config = read_adapter_config(folder)
     if config.base_model_config_hash != model.config_hash:
         raise AdapterError(

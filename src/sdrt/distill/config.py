@@ -25,8 +25,15 @@ class LossWeights(StrictModel):
         return self
 
 
+DistillMethod = Literal["sdrt", "lora-sft"]
+
+
 class DistillConfig(StrictModel):
     model: str = "embedded"
+    # sdrt: intervention adapters matched to the reasoning teachers (hidden states + CE + KL);
+    # lora-sft: the control, PEFT LoRA on every linear layer fine-tuned on the same pseudo-labels
+    # with cross-entropy alone (the loss weights below other than ce are not used).
+    method: DistillMethod = "sdrt"
     traces: list[Path] = Field(default_factory=lambda: [Path("runs/traces")], min_length=1)
     out: Path = Path("runs/adapter")
 
@@ -39,6 +46,8 @@ class DistillConfig(StrictModel):
     skip_rank: int = Field(default=4, ge=1)
     weighting: Literal["ensemble", "uniform"] = "ensemble"
     gate: bool = False
+    lora_rank: int = Field(default=8, ge=1)  # method lora-sft
+    lora_alpha: int = Field(default=16, ge=1)
 
     # the objective
     loss: LossWeights = LossWeights()

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from sdrt.adapters.config import AdapterConfig, GateConfig, SkipConfig
 from sdrt.adapters.files import save_adapter
+from sdrt.adapters.lora import LoRAAdapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
@@ -152,7 +153,7 @@ class DistillTrainer:
         self.library = library
         self.library_hash = libraries_hash(examples, library)
         self.layers = config.layers or default_layers(model.num_layers)
-        self.adapter = SDRTAdapter.for_model(self.adapter_config(), model).to(model.device)
+        self.adapter = self._build_adapter()
         self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -163,6 +164,17 @@ class DistillTrainer:
         )
         self.history: list[StepLog] = []
         self.step = 0
+
+    def _build_adapter(self) -> SDRTAdapter | LoRAAdapter:
+        """The student's trainable part, by method (see ``DistillConfig.method``)."""
+        if self.config.method == "lora-sft":
+            return LoRAAdapter.for_model(self.model, self.config.lora_rank, self.config.lora_alpha)
+        return SDRTAdapter.for_model(self.adapter_config(), self.model).to(self.model.device)
+
+    @property
+    def reads_teachers(self) -> bool:
+        """Whether the loss needs the reasoning teachers (the LoRA-SFT control does not)."""
+        return self.config.method == "sdrt"
 
     def adapter_config(self) -> AdapterConfig:
         c = self.config
@@ -209,11 +221,16 @@ class DistillTrainer:
     def micro_step_loss(self, batch: list[DistillExample]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
-        targets = self.teacher_targets(batch, images)
         prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
+        labels = [ex.pseudo_label for ex in batch]
+        if not self.reads_teachers:  # the LoRA-SFT control: cross-entropy on the pseudo-labels
+            out = self.model.score(images, prompts, labels)
+            ce = answer_cross_entropy(out.answer_logits, out.answer_ids, out.answer_token_mask).mean()
+            return ce, {"ce": float(ce.detach())}
+        targets = self.teacher_targets(batch, images)
         weights = self._teacher_weights(batch)  # (B, K)
         self.adapter.set_teacher_weights(weights if c.gate else None)
-        out = self.model.score(images, prompts, [ex.pseudo_label for ex in batch], layers=self.layers)
+        out = self.model.score(images, prompts, labels, layers=self.layers)
         span = aligned_span(out)
         terms: dict[str, torch.Tensor] = {}
         if c.loss.hidden > 0:

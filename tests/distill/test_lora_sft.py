@@ -1,0 +1,80 @@
+"""The LoRA-SFT control: PEFT LoRA fine-tuned on the pseudo-labels, saved and scored like an adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from sdrt.adapters.config import AdapterError
+from sdrt.adapters.files import load_adapter
+from sdrt.adapters.lora import LoRAAdapter
+from sdrt.adapters.model import lora_parameter_count
+from sdrt.distill.config import DistillConfig
+from sdrt.distill.trainer import run_distillation
+from sdrt.models.tiny import load_tiny_model
+
+
+@pytest.fixture()
+def own_model():
+    """A model of its own: LoRA layers are injected into the model they train in."""
+    return load_tiny_model("llava")
+
+
+def logits(model, prompt: str = "What color is the shape?", answer: str = "red") -> torch.Tensor:
+    image = Image.new("RGB", (32, 32), "red")
+    return model.score([image], [prompt], [answer]).answer_logits.detach()
+
+
+def test_fresh_lora_is_the_identity_and_detaching_restores_the_model(own_model):
+    base = logits(own_model)
+    expected = lora_parameter_count(own_model, rank=8)  # counted before injection
+    adapter = LoRAAdapter.for_model(own_model, rank=8)
+    assert adapter.trainable_parameters() == expected
+    with adapter.attached(own_model):
+        assert torch.equal(logits(own_model), base)
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.add_(0.05)
+        assert not torch.allclose(logits(own_model), base)
+    assert torch.equal(logits(own_model), base)
+
+
+def test_lora_sft_learns_the_pseudo_labels_and_reloads_exactly(own_model, trace_dir, tmp_path):
+    cfg = DistillConfig(
+        model="tiny:llava",
+        method="lora-sft",
+        traces=trace_dir,
+        out=tmp_path / "lora",
+        steps=40,
+        batch_size=8,
+        warmup_steps=0,
+        lr=1e-2,
+        checkpoint_every=25,
+    )
+    result = run_distillation(cfg, own_model)
+    ce = [entry.terms["ce"] for entry in result.history]
+    assert set(result.history[0].terms) == {"ce"}  # no teacher terms for the control
+    assert sum(ce[-3:]) / 3 < 0.9 * ce[0], ce  # frozen LoRA weights would keep it flat
+    fresh = load_tiny_model("llava")
+    untouched = logits(fresh)
+    loaded = load_adapter(result.adapter_dir, fresh)
+    assert isinstance(loaded, LoRAAdapter)
+    assert loaded.trainable_parameters() == result.trainable_parameters
+    with loaded.attached(fresh):
+        reloaded = logits(fresh)
+    for layer in own_model.decoder_layers.modules():  # the trained layers, switched on by hand
+        if hasattr(layer, "enable_adapters"):
+            layer.enable_adapters(True)
+    torch.testing.assert_close(reloaded, logits(own_model), rtol=0, atol=1e-6)
+    assert not torch.allclose(reloaded, untouched)
+
+
+def test_lora_adapter_refuses_another_model(own_model, tmp_path):
+    from sdrt.adapters.files import save_adapter
+
+    adapter = LoRAAdapter.for_model(own_model, rank=2)
+    save_adapter(adapter, tmp_path / "a")
+    other = load_tiny_model("qwen2-vl")
+    with pytest.raises(AdapterError, match="trained on"):
+        load_adapter(tmp_path / "a", other)
