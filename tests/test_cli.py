@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,10 +24,13 @@ def image(tmp_path_factory):
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit code 2 and one error line naming ``words``, unwrapped although stderr is a pipe."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
     for word in words:
-        assert word in result.stderr, result.stderr
+        assert word in lines[0], result.stderr
 
 
 def test_ask_prints_the_answer_last(image):
@@ -166,8 +170,6 @@ prompts:
     ],
 )
 def test_prompts_option_takes_ids_a_file_or_both(value, expected):
-    from pathlib import Path
-
     from sdrt.cli import _split_prompts_option
 
     ids, file = _split_prompts_option(value)
@@ -191,12 +193,13 @@ def test_ask_reads_a_prompt_file_and_named_ids(image, tmp_path):
     assert_clean_error(sdrt("ask", *question, "--mode", "ensemble", "--prompts", "nope"), "nope")
 
 
-def test_eval_uses_the_prompts_named(tmp_path):
-    import json
-
-    prompts = tmp_path / "mine.yaml"
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``sdrt eval`` with a prompt file and named ids, its output piped."""
+    folder = tmp_path_factory.mktemp("eval")
+    prompts = folder / "mine.yaml"
     prompts.write_text(PROMPT_FILE)
-    out = tmp_path / "results.json"
+    out = folder / "results.json"
     result = sdrt(
         "eval",
         *("--model", "tiny:llava", "--benchmark", "easy-vqa", "--limit", "2", "--k", "2"),
@@ -204,6 +207,23 @@ def test_eval_uses_the_prompts_named(tmp_path):
         *("--prompts", f"{prompts},colour_check,counting", "--out", str(out)),
     )
     assert result.returncode == 0, result.stderr
+    return result, out
+
+
+def test_eval_uses_the_prompts_named(evaluated):
+    import json
+
+    _, out = evaluated
     items = json.loads(out.read_text())["items"]
     used = {(i["mode"], tuple(i["prompt_answers"])) for i in items}
     assert used == {("ensemble", ("colour_check", "counting")), ("dual:colour_check", ("colour_check",))}
+
+
+def test_eval_table_is_whole_in_a_pipe(evaluated):
+    result, _ = evaluated
+    table = [line for line in result.stderr.splitlines() if line.startswith(("┃", "│"))]
+    header = "".join(table[0].split())
+    assert header == "┃benchmark┃mode┃metric┃n┃score┃95%CI┃tokens/ans┃calls/ans┃s/ans┃", table[0]
+    row = next(line for line in table if "dual:colour_check" in line)
+    assert "│ easy-vqa " in row and "│ exact_match " in row, row
+    assert not any("…" in line for line in table), table

@@ -26,7 +26,7 @@ from sdrt.distill.trainer import run_distillation, run_fingerprint
 from sdrt.evaluation.benchmarks import get_benchmark
 from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.evaluation.report import markdown_table, write_report
-from sdrt.evaluation.run import results_table
+from sdrt.evaluation.run import print_table, results_table
 from sdrt.evaluation.viewer import write_viewer
 from sdrt.models import load_model
 from sdrt.progress import console, progress_bar
@@ -187,7 +187,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     run_traces(plan, model)
     adapter_dir = run_distill(plan, model)
     results = run_eval(plan, model, adapter_dir)
-    console.print(results_table(results))
+    print_table(results_table(results))
     notes = [
         f"model: {plan.model}; K = {plan.k} prompts; traces on {plan.train_easy_vqa} easy-vqa and "
         f"{plan.train_scenes} scene training questions (no labels used); "

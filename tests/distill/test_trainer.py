@@ -191,7 +191,8 @@ def test_the_command_refuses_in_one_line(trace_dir, tmp_path):
     refused = distill("--steps", "2", "--config", str(settings))
     assert refused.returncode == 2, refused.stderr
     assert "Traceback" not in refused.stderr
-    assert "(differs in: lr)" in refused.stderr and "--restart" in refused.stderr, refused.stderr
+    error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "(differs in: lr)" in error[0] and "--restart" in error[0], refused.stderr
     restarted = distill("--steps", "2", "--config", str(settings), "--restart")
     assert restarted.returncode == 0, restarted.stderr
 

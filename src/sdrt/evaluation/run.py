@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from sdrt.evaluation.benchmarks import BENCHMARKS, get_benchmark
@@ -61,7 +62,7 @@ def run_evaluation(
     )
     results.save(out)
     write_predictions(results, out.with_suffix(".predictions.jsonl"))
-    console.print(results_table(results))
+    print_table(results_table(results))
     for c in results.comparisons:
         console.print(
             f"{c.benchmark}: {c.mode} - {c.baseline} = {c.difference:+.4f} "
@@ -75,6 +76,18 @@ def write_predictions(results: EvalResults, path: Path) -> None:
     with path.open("w") as handle:
         for item in results.to_json()["items"]:
             handle.write(json.dumps(item) + "\n")
+
+
+def print_table(table: Table, to: Console = console) -> None:
+    """Every column in full where the output is not a terminal (a pipe, a CI log).
+
+    Rich lays tables out to 80 columns there and cuts cells to fit ("bench…", "exact…").
+    """
+    if to.is_terminal:
+        to.print(table)
+        return
+    needed = Measurement.get(to, to.options.update(max_width=100_000), table).maximum
+    Console(file=to.file, width=max(needed, to.width)).print(table)
 
 
 def results_table(results: EvalResults) -> Table:
