@@ -53,6 +53,9 @@ class DistillConfig(StrictModel):
     loss: LossWeights = LossWeights()
     top_k: int = Field(default=32, ge=1)  # teacher log-probs kept per answer token for the KL term
     min_agreement: float = Field(default=0.0, ge=0, le=1)
+    # ensemble: the traces' pseudo-labels; direct: the model's own direct answers (the
+    # self-training control: the same adapter and data, no reasoning; cross-entropy only)
+    labels: Literal["ensemble", "direct"] = "ensemble"
 
     # optimisation
     lr: float = Field(default=2e-3, gt=0)
@@ -69,6 +72,17 @@ class DistillConfig(StrictModel):
         None  # default <out>/teacher-cache; runs on the same traces may share one
     )
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _controls_are_cross_entropy(self) -> DistillConfig:
+        if self.method == "lora-sft" and self.loss.ce == 0:
+            raise ValueError("method lora-sft trains with cross-entropy alone: loss.ce must be positive")
+        if self.labels == "direct" and (self.loss.hidden > 0 or self.loss.kl > 0) and self.method == "sdrt":
+            raise ValueError(
+                "labels=direct trains on the model's own direct answers: the reasoning teachers do not "
+                "apply, so set loss.hidden and loss.kl to 0 (cross-entropy only)"
+            )
+        return self
 
     @field_validator("traces", mode="before")
     @classmethod

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sdrt.data import load_records
 from sdrt.data.records import VQARecord
+from sdrt.models.base import VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
 from sdrt.traces.store import TraceStore
 
@@ -115,3 +117,31 @@ def _records_by_id(manifest: dict, wanted: set[str]) -> dict[str, VQARecord]:
 def _normalised(weights: list[float]) -> list[float]:
     total = sum(weights)
     return [w / total for w in weights] if total > 0 else [1.0 / len(weights)] * len(weights)
+
+
+def with_direct_labels(
+    model: VisionLanguageModel, examples: list[DistillExample], cache: Path, batch_size: int = 16
+) -> list[DistillExample]:
+    """The examples relabelled with the model's own greedy direct answers (self-training control).
+
+    The answers are kept in ``cache`` (JSON, by record id), so a resumed run trains on the very
+    labels it started with; examples whose direct answer is empty are left out and counted.
+    """
+    from sdrt.reasoning.modes import answer_direct
+
+    known: dict[str, str] = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [ex for ex in examples if ex.record.id not in known]
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        images = model.encode_images([ex.record.load_image() for ex in chunk])
+        for ex, answer in zip(chunk, answer_direct(model, [ex.record for ex in chunk], images), strict=True):
+            known[ex.record.id] = answer.answer.strip()
+    if missing:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1, sort_keys=True))
+    relabelled = [replace(ex, pseudo_label=known[ex.record.id]) for ex in examples if known[ex.record.id]]
+    if len(relabelled) < len(examples):
+        log.warning("left out %d examples whose direct answer is empty", len(examples) - len(relabelled))
+    if not relabelled:
+        raise DistillDataError("every direct answer was empty: nothing to train on")
+    return relabelled

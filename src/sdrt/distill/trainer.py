@@ -35,7 +35,7 @@ from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.distill.config import DistillConfig, default_layers
-from sdrt.distill.data import DistillExample, load_distill_examples
+from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
 from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, compute_teacher_targets
 from sdrt.models.base import VisionLanguageModel, gather_positions
@@ -173,8 +173,13 @@ class DistillTrainer:
 
     @property
     def reads_teachers(self) -> bool:
-        """Whether the loss needs the reasoning teachers (the LoRA-SFT control does not)."""
-        return self.config.method == "sdrt"
+        """Whether the loss needs the reasoning teachers' targets.
+
+        The LoRA-SFT control and a cross-entropy-only run (the self-training control, the CE-only
+        ablation) do not: they skip the teacher forwards altogether.
+        """
+        c = self.config
+        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or c.gate)
 
     def adapter_config(self) -> AdapterConfig:
         c = self.config
@@ -223,10 +228,10 @@ class DistillTrainer:
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
         prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
-        if not self.reads_teachers:  # the LoRA-SFT control: cross-entropy on the pseudo-labels
+        if not self.reads_teachers:  # cross-entropy on the pseudo-labels alone
             out = self.model.score(images, prompts, labels)
             ce = answer_cross_entropy(out.answer_logits, out.answer_ids, out.answer_token_mask).mean()
-            return ce, {"ce": float(ce.detach())}
+            return c.loss.ce * ce, {"ce": float(ce.detach())}
         targets = self.teacher_targets(batch, images)
         weights = self._teacher_weights(batch)  # (B, K)
         self.adapter.set_teacher_weights(weights if c.gate else None)
@@ -414,6 +419,8 @@ def run_distillation(
     for folder in config.traces:  # each folder's examples keep the library they were traced with
         library = check_traces(folder, model)
         examples += load_distill_examples(folder, min_agreement=config.min_agreement, library=library)
+    if config.labels == "direct":
+        examples = with_direct_labels(model, examples, config.out / "direct_labels.json")
     trainer = DistillTrainer(config, model, examples)
     if restart and rank == 0:
         shutil.rmtree(config.out / "checkpoints", ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -78,3 +80,39 @@ def test_lora_adapter_refuses_another_model(own_model, tmp_path):
     other = load_tiny_model("qwen2-vl")
     with pytest.raises(AdapterError, match="trained on"):
         load_adapter(tmp_path / "a", other)
+
+
+def test_self_training_control_learns_the_models_own_direct_answers(own_model, trace_dir, tmp_path):
+    from sdrt.distill.data import load_distill_examples
+    from sdrt.reasoning.modes import answer_direct
+
+    cfg = DistillConfig(
+        model="tiny:llava",
+        labels="direct",
+        loss={"hidden": 0.0, "ce": 1.0},
+        skip=False,
+        traces=trace_dir,
+        out=tmp_path / "self",
+        steps=3,
+        batch_size=4,
+        checkpoint_every=3,
+    )
+    result = run_distillation(cfg, own_model)
+    saved = json.loads((tmp_path / "self" / "direct_labels.json").read_text())
+    records = [ex.record for ex in load_distill_examples(trace_dir)]
+    images = own_model.encode_images([r.load_image() for r in records])
+    answers = answer_direct(fresh_copy(), records, images)  # the untrained model's own answers
+    expected = {r.id: a.answer.strip() for r, a in zip(records, answers, strict=True)}
+    assert saved == expected
+    assert set(result.history[0].terms) == {"ce"}
+
+
+def fresh_copy():
+    return load_tiny_model("llava")
+
+
+def test_controls_refuse_teacher_losses():
+    with pytest.raises(ValueError, match="labels=direct"):
+        DistillConfig(labels="direct")  # the default loss has a hidden-state term
+    with pytest.raises(ValueError, match="lora-sft"):
+        DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
