@@ -404,3 +404,46 @@ def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monk
     assert resumed.keys() == straight.keys() and any(k.startswith("lora.") for k in resumed)
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
+
+
+# --- step 2 continues step 1's KV cache --------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_tokens", [24, 3])  # 3: analyses cut at the budget, none stopped
+def test_two_step_generation_continues_the_cache_and_matches_recomputation(vlm, images, first_tokens):
+    from sdrt.models.base import VisionLanguageModel
+    from sdrt.prompts.library import PromptLibrary
+
+    library = PromptLibrary.builtin()
+    prompts = [library.get(i) for i in ("image_description", "counting", "planned_reasoning_path")]
+    rows = [(image, prompt) for image in images for prompt in prompts]
+    question = "What color is the shape?"
+    first = [prompt.step1(question) for _, prompt in rows]
+
+    def follow_up(analyses):
+        return [prompt.step2(question, a.text) for (_, prompt), a in zip(rows, analyses, strict=True)]
+
+    encoded = vlm.encode_images([image for image, _ in rows])
+    kwargs = dict(first_tokens=first_tokens, second_tokens=6)
+    continued = vlm.generate_two_step(encoded, first, follow_up, **kwargs)
+    recomputed = VisionLanguageModel.generate_two_step(vlm, encoded, first, follow_up, **kwargs)
+    for mine, plain in zip(continued, recomputed, strict=True):
+        assert [g.token_ids for g in mine] == [g.token_ids for g in plain]
+        for a, b in zip(mine, plain, strict=True):
+            torch.testing.assert_close(a.token_logprobs, b.token_logprobs, atol=2e-4, rtol=0)
+
+
+def test_two_step_generation_falls_back_where_step_2_does_not_replay_step_1(vlm, images, monkeypatch):
+    from sdrt.models.base import VisionLanguageModel
+
+    first = [[("user", "Describe the image.")]] * 2
+    quoted = lambda analyses: [[("user", f"Given: {a.text}\nWhat color is it?")] for a in analyses]  # noqa: E731
+    calls = []
+    real = vlm.generate
+    monkeypatch.setattr(vlm, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    continued = vlm.generate_two_step(images, first, quoted, first_tokens=12, second_tokens=4)
+    assert calls, "a quoting step 2 is generated from scratch"
+    recomputed = VisionLanguageModel.generate_two_step(
+        vlm, images, first, quoted, first_tokens=12, second_tokens=4
+    )
+    assert [g.token_ids for g in continued[1]] == [g.token_ids for g in recomputed[1]]

@@ -221,6 +221,25 @@ class VisionLanguageModel(ABC):
     def render_prompt(self, prompt: Prompt) -> str:
         """The prompt as the model's own chat template renders it (generation prompt added)."""
 
+    def generate_two_step(
+        self,
+        images: Sequence[ImageInput],
+        first: Sequence[Prompt],
+        follow_up: Callable[[list[Generation]], Sequence[Prompt]],
+        *,
+        first_tokens: int,
+        second_tokens: int,
+    ) -> tuple[list[Generation], list[Generation]]:
+        """Greedy step 1, then step 2 on prompts that ``follow_up`` builds from step 1's output.
+
+        This plain version generates step 2 from scratch. A backend may override it to
+        continue step 1's KV cache (step 2 replays step 1 as earlier turns, so only its new
+        tokens need a prefill); an override must give the same tokens as this version.
+        """
+        analyses = self.generate(images, first, max_new_tokens=first_tokens)
+        answers = self.generate(images, list(follow_up(analyses)), max_new_tokens=second_tokens)
+        return analyses, answers
+
     # --- shared machinery --------------------------------------------------------------------
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,31 +304,111 @@ class EmbeddedVLM(VisionLanguageModel):
         for the same tokens whatever sampler picked them.
         """
         _check_lengths(images, prompts)
-        if max_new_tokens < 1:
-            raise ModelError(f"{self.name}: max_new_tokens must be >= 1, got {max_new_tokens}")
+        _check_budget(self.name, max_new_tokens)
         batch = self._build_batch(images, prompts, None)
-        sampler = _sampler(do_sample, temperature, top_p)
-        generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-        size = batch.layout.batch_size
-        mask = batch.attention_mask
-        positions = batch.position_ids[:, -1:]  # (B, 1) last real position of each row
+        decode = _Decoder(_sampler(do_sample, temperature, top_p), seed)
+        state = self._start(batch.inputs_embeds, batch.attention_mask, batch.position_ids, batch.layout)
+        tokens, logprobs, _ = self._decode(state, max_new_tokens, decode)
+        return self._generations(tokens, logprobs)
+
+    @torch.no_grad()
+    def generate_two_step(
+        self,
+        images: Sequence[ImageInput],
+        first: Sequence[Prompt],
+        follow_up: Callable[[list[Generation]], Sequence[Prompt]],
+        *,
+        first_tokens: int,
+        second_tokens: int,
+    ) -> tuple[list[Generation], list[Generation]]:
+        """Step 2 continues step 1's KV cache: only its new tokens are prefilled.
+
+        Step 2 replays step 1 as earlier turns (step-1 request, the analysis as the assistant
+        turn), so its rendered prompt starts with step 1's prompt and the generated analysis.
+        A row continues only when that holds token for token; any other row (a step 2 that
+        quotes the analysis in one turn, an analysis that would tokenize differently) is
+        generated again from scratch, as are all rows while a layer hook is attached (hooks
+        expect the image in the prefill they see).
+        """
+        _check_lengths(images, first)
+        _check_budget(self.name, first_tokens)
+        _check_budget(self.name, second_tokens)
+        batch = self._build_batch(images, first, None)
+        decode = _Decoder(None, None)
+        state = self._start(batch.inputs_embeds, batch.attention_mask, batch.position_ids, batch.layout)
+        tokens, logprobs, state = self._decode(state, first_tokens, decode)
+        analyses = self._generations(tokens, logprobs)
+        second = list(follow_up(analyses))
+        _check_lengths(images, second)
+        hooked = any(layer._forward_hooks for layer in self.decoder_layers)
+        blocks = [
+            None if hooked else self._continuation(first[b], analyses[b], second[b], state.fed)
+            for b in range(len(second))
+        ]
+        answers: list[Generation | None] = [None] * len(second)
+        rows = [b for b, block in enumerate(blocks) if block is not None]
+        if rows:
+            continued = self._continue(state, blocks, second_tokens, decode)
+            for b in rows:
+                answers[b] = continued[b]
+        rest = [b for b, block in enumerate(blocks) if block is None]
+        if rest:
+            fresh = self.generate(
+                [images[b] for b in rest], [second[b] for b in rest], max_new_tokens=second_tokens
+            )
+            for b, generation in zip(rest, fresh, strict=True):
+                answers[b] = generation
+        return analyses, [a for a in answers if a is not None]
+
+    def _start(
+        self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, layout: TokenLayout
+    ) -> _DecodeState:
+        """Prefill ``embeds`` into a fresh cache."""
         cache = DynamicCache(config=self.lm.config)
+        state = _DecodeState(cache, mask.new_zeros(mask.shape[0], 0), positions[:, :0], 0, None)
+        return self._prefill(state, embeds, mask, positions, layout)
+
+    def _prefill(
+        self,
+        state: _DecodeState,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        layout: TokenLayout,
+    ) -> _DecodeState:
+        """Run new positions ``embeds`` (B, S, d) through the cache; the last one predicts next."""
+        full_mask = torch.cat([state.mask, mask], dim=1)
+        self._set_layout(layout)
+        try:
+            hidden = self.lm.model(
+                inputs_embeds=embeds,
+                attention_mask=full_mask,
+                position_ids=positions,
+                cache=state.cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]  # (B, d): left padding puts every row's last token here
+        finally:
+            self._set_layout(None)
+        return _DecodeState(state.cache, full_mask, positions[:, -1:], 0, hidden)
+
+    def _decode(
+        self, state: _DecodeState, max_new_tokens: int, decode: _Decoder
+    ) -> tuple[torch.Tensor, torch.Tensor, _DecodeState]:
+        """Greedy or sampled tokens after a prefill: (B, T) ids, (B, T) log-probs, the new state.
+
+        In the returned state, ``fed`` counts the generated tokens that went into the cache
+        (all but the last one); rows that stopped early were fed padding after their stop.
+        """
+        size = state.mask.shape[0]
+        mask, positions, hidden = state.mask, state.last_position, state.hidden
         chosen: list[torch.Tensor] = []
         chosen_logp: list[torch.Tensor] = []
         finished = torch.zeros(size, dtype=torch.bool, device=self.device)
         stop = torch.tensor(self.stop_ids, device=self.device)
-        self._set_layout(batch.layout)
         try:
-            hidden = self.lm.model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=mask,
-                position_ids=batch.position_ids,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1]  # (B, d): left padding puts every row's last token here
             for step in range(max_new_tokens):
                 logits = self.lm.lm_head(hidden).float()  # (B, V)
-                token = _pick(logits, chosen, sampler, generator)  # (B,)
+                token = decode.pick(logits, chosen)  # (B,)
                 token = torch.where(finished, torch.full_like(token, self.image_token_id), token)
                 chosen.append(token)
                 chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
@@ -342,12 +422,82 @@ class EmbeddedVLM(VisionLanguageModel):
                     inputs_embeds=self._embed_tokens(token[:, None]),
                     attention_mask=mask,
                     position_ids=positions,
-                    cache=cache,
+                    cache=state.cache,
                     use_cache=True,
                 ).last_hidden_state[:, -1]
         finally:
             self._set_layout(None)
-        return self._generations(torch.stack(chosen, 1), torch.stack(chosen_logp, 1))
+        fed = len(chosen) - 1
+        return (
+            torch.stack(chosen, 1),
+            torch.stack(chosen_logp, 1),
+            _DecodeState(state.cache, mask, positions, fed, None),
+        )
+
+    def _continuation(
+        self, first: Prompt, analysis: Generation, second: Prompt, fed: int
+    ) -> tuple[list[int], int] | None:
+        """Row's step-2 tokens still to feed, and how many of its analysis tokens are in the cache.
+
+        None when step 2's prompt is not, token for token, step 1's prompt + the generated
+        analysis + new tokens (then the row is generated from scratch).
+        """
+        first_text, second_text = self.render_prompt(first), self.render_prompt(second)
+        text = analysis.text.strip()
+        if not second_text.startswith(first_text + text):
+            return None
+        real = list(analysis.token_ids)
+        stopped = bool(real) and real[-1] in self.stop_ids
+        body = real[:-1] if stopped else real
+        if self._tokenize(text) != body:
+            return None
+        suffix = self._tokenize(second_text[len(first_text) + len(text) :])
+        first_before, first_after = self._prompt_pieces(first)
+        second_before, second_after = self._prompt_pieces(second)
+        if second_before != first_before or second_after != first_after + body + suffix:
+            return None
+        if stopped:
+            if not suffix or suffix[0] != real[-1]:
+                return None  # stopped on another stop token than the turn's end
+            suffix = suffix[1:]
+        in_cache = min(len(real), fed)
+        return real[in_cache:] + suffix, in_cache
+
+    def _continue(
+        self,
+        state: _DecodeState,
+        blocks: list[tuple[list[int], int] | None],
+        max_new_tokens: int,
+        decode: _Decoder,
+    ) -> list[Generation]:
+        """Prefill each row's remaining step-2 tokens after its analysis, then decode.
+
+        Cache positions holding padding fed after a row's stop are masked out; the new block
+        is left-padded, and its positions continue each row's own count, as a fresh prompt's
+        would. Rows without a block get one masked token and their output is not used.
+        """
+        size, cached = state.mask.shape
+        widths = [len(block[0]) if block else 1 for block in blocks]
+        width = _round_up(max(widths), PAD_MULTIPLE)
+        ids = torch.full((size, width), self.image_token_id, dtype=torch.long)
+        mask = torch.zeros(size, width, dtype=torch.long)
+        positions = torch.zeros(size, width, dtype=torch.long)
+        history = state.mask.clone()
+        prompt_width = cached - state.fed
+        for b, block in enumerate(blocks):
+            tokens, in_cache = block if block else ([self.image_token_id], state.fed)
+            history[b, prompt_width + in_cache :] = 0  # padding fed after the row's stop
+            start = int(history[b].sum())  # the row's real length so far: its next position
+            ids[b, width - len(tokens) :] = torch.tensor(tokens)
+            mask[b, width - len(tokens) :] = 0 if block is None else 1
+            positions[b, width - len(tokens) :] = torch.arange(start, start + len(tokens))
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        layout = TokenLayout(
+            mask.bool(), torch.zeros_like(mask, dtype=torch.bool), torch.zeros_like(mask, dtype=torch.bool)
+        )
+        resumed = _DecodeState(state.cache, history, state.last_position, 0, None)
+        prefilled = self._prefill(resumed, self._embed_tokens(ids), mask, positions, layout)
+        return self._generations(*self._decode(prefilled, max_new_tokens, decode)[:2])
 
     def _answer_logits(self, hidden: torch.Tensor, answer_token_mask: torch.Tensor) -> torch.Tensor:
         """Logits predicting each answer token, (B, T, V), left-aligned as ``ScoreOutput`` wants.
@@ -557,6 +707,33 @@ def _capture(store: dict[int, torch.Tensor], layer: int) -> Any:
         store[layer] = output[0] if isinstance(output, tuple) else output
 
     return hook
+
+
+@dataclass
+class _DecodeState:
+    """A KV cache and what continuing it needs."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # (B, cached) attention over every cached position
+    last_position: torch.Tensor  # (B, 1) position id of the last fed token
+    fed: int  # generated tokens fed into the cache by the last decode loop
+    hidden: torch.Tensor | None  # (B, d) last state, which predicts the next token
+
+
+class _Decoder:
+    """Greedy argmax, or draws from a tempered / nucleus-filtered distribution."""
+
+    def __init__(self, sampler: LogitsProcessorList | None, seed: int | None) -> None:
+        self.sampler = sampler
+        self.generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+
+    def pick(self, logits: torch.Tensor, chosen: list[torch.Tensor]) -> torch.Tensor:
+        return _pick(logits, chosen, self.sampler, self.generator)
+
+
+def _check_budget(name: str, max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise ModelError(f"{name}: max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 def _sampler(do_sample: bool, temperature: float, top_p: float) -> LogitsProcessorList | None:

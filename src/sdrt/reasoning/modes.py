@@ -86,12 +86,16 @@ def answer_dual_query(
     row_images = [images[b] for b, _ in rows]
 
     step1 = [p.step1(records[b].question, records[b].choices) for b, p in rows]
-    analyses = model.generate(row_images, step1, max_new_tokens=budget.analysis_tokens)
-    step2 = [
-        p.step2(records[b].question, a.text, records[b].choices)
-        for (b, p), a in zip(rows, analyses, strict=True)
-    ]
-    answers = model.generate(row_images, step2, max_new_tokens=budget.answer_tokens)
+
+    def step2(analyses: list[Generation]) -> list:
+        return [
+            p.step2(records[b].question, a.text, records[b].choices)
+            for (b, p), a in zip(rows, analyses, strict=True)
+        ]
+
+    analyses, answers = model.generate_two_step(
+        row_images, step1, step2, first_tokens=budget.analysis_tokens, second_tokens=budget.answer_tokens
+    )
 
     results = []
     k = len(prompts)
