@@ -447,3 +447,21 @@ def test_two_step_generation_falls_back_where_step_2_does_not_replay_step_1(vlm,
         vlm, images, first, quoted, first_tokens=12, second_tokens=4
     )
     assert [g.token_ids for g in continued[1]] == [g.token_ids for g in recomputed[1]]
+
+
+def test_rows_sharing_an_image_prefill_it_once_and_answer_as_alone(vlm, images, monkeypatch):
+    encoded = vlm.encode_images(images)
+    prompts = ["Describe the image.", "What color is the shape?", "What shape is it?"]
+    rows = [(encoded[i], prompt) for i in range(2) for prompt in prompts]
+    widths = []
+    real = vlm._prefill
+    monkeypatch.setattr(
+        vlm, "_prefill", lambda state, embeds, *a: widths.append(embeds.shape[0]) or real(state, embeds, *a)
+    )
+    together = vlm.generate([image for image, _ in rows], [prompt for _, prompt in rows], max_new_tokens=8)
+    assert widths[0] == 2  # two distinct images: the shared prefix ran for two rows, not six
+    monkeypatch.setattr(vlm, "_prefill", real)
+    for (image, prompt), generation in zip(rows, together, strict=True):
+        alone = vlm.generate([image], [prompt], max_new_tokens=8)[0]
+        assert generation.token_ids == alone.token_ids
+        torch.testing.assert_close(generation.token_logprobs, alone.token_logprobs, atol=2e-4, rtol=0)

@@ -305,9 +305,8 @@ class EmbeddedVLM(VisionLanguageModel):
         """
         _check_lengths(images, prompts)
         _check_budget(self.name, max_new_tokens)
-        batch = self._build_batch(images, prompts, None)
         decode = _Decoder(_sampler(do_sample, temperature, top_p), seed)
-        state = self._start(batch.inputs_embeds, batch.attention_mask, batch.position_ids, batch.layout)
+        state = self._start_shared(images, prompts)
         tokens, logprobs, _ = self._decode(state, max_new_tokens, decode)
         return self._generations(tokens, logprobs)
 
@@ -333,14 +332,13 @@ class EmbeddedVLM(VisionLanguageModel):
         _check_lengths(images, first)
         _check_budget(self.name, first_tokens)
         _check_budget(self.name, second_tokens)
-        batch = self._build_batch(images, first, None)
         decode = _Decoder(None, None)
-        state = self._start(batch.inputs_embeds, batch.attention_mask, batch.position_ids, batch.layout)
+        state = self._start_shared(images, first)
         tokens, logprobs, state = self._decode(state, first_tokens, decode)
         analyses = self._generations(tokens, logprobs)
         second = list(follow_up(analyses))
         _check_lengths(images, second)
-        hooked = any(layer._forward_hooks for layer in self.decoder_layers)
+        hooked = self._hooked()
         blocks = [
             None if hooked else self._continuation(first[b], analyses[b], second[b], state.fed)
             for b in range(len(second))
@@ -359,6 +357,59 @@ class EmbeddedVLM(VisionLanguageModel):
             for b, generation in zip(rest, fresh, strict=True):
                 answers[b] = generation
         return analyses, [a for a in answers if a is not None]
+
+    def _hooked(self) -> bool:
+        """Whether a layer hook is attached (hooks expect one prefill holding the image)."""
+        return any(layer._forward_hooks for layer in self.decoder_layers)
+
+    def _start_shared(self, images: Sequence[ImageInput], prompts: Sequence[Prompt]) -> _DecodeState:
+        """Prefill the rows, computing each shared (image, text before it) prefix only once.
+
+        The K prompts of one example share the system turn and the image, which is most of a
+        step-1 prompt. Each distinct prefix is prefilled once, its cache rows are repeated for
+        the rows that share it, and each row's own text is prefilled after it, left-padded with
+        the padding masked and positions continuing the prefix's. Rows that share nothing (or
+        a model with layer hooks) take the plain batched prefill.
+        """
+        pieces = [self._prompt_pieces(p) for p in prompts]
+        keys = [(id(image), tuple(before)) for image, (before, _) in zip(images, pieces, strict=True)]
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) == len(keys) or self._hooked():
+            batch = self._batch_of(images, pieces, None)
+            return self._start(batch.inputs_embeds, batch.attention_mask, batch.position_ids, batch.layout)
+        first_row = {key: keys.index(key) for key in distinct}
+        prefix = self._batch_of(
+            [images[first_row[key]] for key in distinct], [(list(key[1]), []) for key in distinct], None
+        )
+        state = self._start(prefix.inputs_embeds, prefix.attention_mask, prefix.position_ids, prefix.layout)
+        index = torch.tensor([distinct.index(key) for key in keys], device=self.device)
+        state.cache.reorder_cache(index)  # (U, ...) -> (B, ...): each row gets its prefix's cache
+        lengths = prefix.attention_mask.sum(1)[index].tolist()  # real prefix tokens per row
+        shared = _DecodeState(state.cache, state.mask[index], state.last_position[index], 0, None)
+        return self._prefill_block(shared, [after for _, after in pieces], lengths)
+
+    def _prefill_block(
+        self, state: _DecodeState, rows: Sequence[list[int] | None], starts: Sequence[int]
+    ) -> _DecodeState:
+        """Prefill each row's new tokens after what its cache holds, left-padded in the block.
+
+        ``starts[b]`` is row b's next position id (its real length so far). A row given None
+        gets one masked token; its output is not used.
+        """
+        size = len(rows)
+        width = _round_up(max(len(row) if row else 1 for row in rows), PAD_MULTIPLE)
+        ids = torch.full((size, width), self.image_token_id, dtype=torch.long)
+        mask = torch.zeros(size, width, dtype=torch.long)
+        positions = torch.zeros(size, width, dtype=torch.long)
+        for b, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            tokens = row or [self.image_token_id]
+            ids[b, width - len(tokens) :] = torch.tensor(tokens)
+            mask[b, width - len(tokens) :] = 1 if row else 0
+            positions[b, width - len(tokens) :] = torch.arange(start, start + len(tokens))
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        none = torch.zeros_like(mask, dtype=torch.bool)
+        layout = TokenLayout(mask.bool(), none, none.clone())
+        return self._prefill(state, self._embed_tokens(ids), mask, positions, layout)
 
     def _start(
         self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, layout: TokenLayout
@@ -472,32 +523,20 @@ class EmbeddedVLM(VisionLanguageModel):
     ) -> list[Generation]:
         """Prefill each row's remaining step-2 tokens after its analysis, then decode.
 
-        Cache positions holding padding fed after a row's stop are masked out; the new block
-        is left-padded, and its positions continue each row's own count, as a fresh prompt's
-        would. Rows without a block get one masked token and their output is not used.
+        Cache positions holding padding fed after a row's stop are masked out, and the new
+        tokens' positions continue each row's own count, as a fresh prompt's would.
         """
-        size, cached = state.mask.shape
-        widths = [len(block[0]) if block else 1 for block in blocks]
-        width = _round_up(max(widths), PAD_MULTIPLE)
-        ids = torch.full((size, width), self.image_token_id, dtype=torch.long)
-        mask = torch.zeros(size, width, dtype=torch.long)
-        positions = torch.zeros(size, width, dtype=torch.long)
         history = state.mask.clone()
-        prompt_width = cached - state.fed
+        prompt_width = state.mask.shape[1] - state.fed
+        starts = []
         for b, block in enumerate(blocks):
-            tokens, in_cache = block if block else ([self.image_token_id], state.fed)
+            in_cache = block[1] if block else state.fed
             history[b, prompt_width + in_cache :] = 0  # padding fed after the row's stop
-            start = int(history[b].sum())  # the row's real length so far: its next position
-            ids[b, width - len(tokens) :] = torch.tensor(tokens)
-            mask[b, width - len(tokens) :] = 0 if block is None else 1
-            positions[b, width - len(tokens) :] = torch.arange(start, start + len(tokens))
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        layout = TokenLayout(
-            mask.bool(), torch.zeros_like(mask, dtype=torch.bool), torch.zeros_like(mask, dtype=torch.bool)
-        )
+            starts.append(int(history[b].sum()))
         resumed = _DecodeState(state.cache, history, state.last_position, 0, None)
-        prefilled = self._prefill(resumed, self._embed_tokens(ids), mask, positions, layout)
-        return self._generations(*self._decode(prefilled, max_new_tokens, decode)[:2])
+        prefilled = self._prefill_block(resumed, [block[0] if block else None for block in blocks], starts)
+        tokens, logprobs, _ = self._decode(prefilled, max_new_tokens, decode)
+        return self._generations(tokens, logprobs)
 
     def _answer_logits(self, hidden: torch.Tensor, answer_token_mask: torch.Tensor) -> torch.Tensor:
         """Logits predicting each answer token, (B, T, V), left-aligned as ``ScoreOutput`` wants.
@@ -536,9 +575,17 @@ class EmbeddedVLM(VisionLanguageModel):
         self, images: Sequence[ImageInput], prompts: Sequence[Prompt], answer_ids: list[list[int]] | None
     ) -> EmbeddedBatch:
         """Left-pad prompt (+ answer) rows and scatter projected image tokens into their embeddings."""
+        return self._batch_of(images, [self._prompt_pieces(p) for p in prompts], answer_ids)
+
+    def _batch_of(
+        self,
+        images: Sequence[ImageInput],
+        pieces: Sequence[tuple[list[int], list[int]]],
+        answer_ids: list[list[int]] | None,
+    ) -> EmbeddedBatch:
+        """The batch of rows ``before + image tokens + after (+ answer)``, from token pieces."""
         rows, image_rows, answer_rows = [], [], []
-        for i, prompt in enumerate(prompts):
-            before, after = self._prompt_pieces(prompt)
+        for i, (before, after) in enumerate(pieces):
             answer = answer_ids[i] if answer_ids is not None else []
             rows.append(before + [self.image_token_id] * self.image_tokens + after + answer)
             image_rows.append((len(before), len(before) + self.image_tokens))
