@@ -209,6 +209,12 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
     seed: Annotated[int, typer.Option(help="sampling and bootstrap seed")] = 0,
     k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
+    split: Annotated[
+        str | None, typer.Option(help="split to score instead of each benchmark's own (e.g. validation)")
+    ] = None,
+    analysis_tokens: Annotated[
+        int | None, typer.Option(help="step-1 token budget of the reasoning modes (default 48)")
+    ] = None,
     prompts: PromptsOpt = None,
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
     out: Annotated[Path, typer.Option(help="results JSON (per-item predictions included)")] = Path(
@@ -229,10 +235,12 @@ def evaluate(
         data_dir=data_dir,
         limit=limit,
         seed=seed,
+        split=split,
         k=k,
         prompt_ids=prompt_ids,
         prompts_yaml=prompts_yaml,
         batch_size=batch_size,
+        analysis_tokens=analysis_tokens,
         out=out,
         skip_bad=skip_bad,
         device=device,

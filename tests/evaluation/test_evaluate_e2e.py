@@ -130,3 +130,67 @@ def test_benchmarks_command_lists_metric_and_presence(data_dir):
     assert "present" in lines["docvqa"] and "anls" in lines["docvqa"]
     assert "missing" in lines["chartqa"] and "relaxed_accuracy" in lines["chartqa"]
     assert "built in" in lines["scenes"]
+
+
+def test_changed_share_and_question_types_on_scenes(tmp_path, identity_adapter):
+    from sdrt.evaluation.evaluate import EvalResults, answer_changed, changes_by_question_type
+    from sdrt.evaluation.report import changes_section
+
+    run_eval(
+        tmp_path,
+        "--benchmark",
+        "scenes",
+        "--limit",
+        "6",
+        "--mode",
+        "direct",
+        "--mode",
+        "dual:image_description",
+        "--mode",
+        "adapter",
+        "--adapter",
+        str(identity_adapter),
+    )
+    loaded = EvalResults.load(tmp_path / "results.json")
+    assert all(i.question_type for i in loaded.items)  # every multi-hop scene question has its type
+    by = {(i.mode, i.record_id): i for i in loaded.items}
+    for comparison in loaded.comparisons:
+        pairs = [(i, by[("direct", i.record_id)]) for i in loaded.items if i.mode == comparison.mode]
+        expected = sum(answer_changed(a, b) for a, b in pairs) / len(pairs)
+        assert comparison.changed == pytest.approx(expected)
+    adapter = next(c for c in loaded.comparisons if c.mode == "adapter")
+    assert adapter.changed == 0.0  # the identity adapter changes no answer
+    rows = changes_by_question_type(loaded, "scenes", "dual:image_description", "direct")
+    assert sum(n for _, n, *_ in rows) == 6
+    assert {t for t, *_ in rows} == {i.question_type for i in loaded.items}
+    section = "\n".join(changes_section(loaded))
+    assert ("by question type" in section) == (len(rows) > 1)
+
+
+def test_describe_benchmark_is_answered_open_ended(tmp_path):
+    results = run_eval(tmp_path, "--benchmark", "scenes-describe", "--limit", "3", "--mode", "direct")
+    (summary,) = results["summaries"]
+    assert summary["metric"] == "object_accuracy" and summary["n"] == 3
+    for item in results["items"]:
+        assert item["prediction"] == item["raw_prediction"].strip()  # the whole reply, not a short answer
+
+
+def test_describe_benchmark_refuses_reasoning_modes(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "tiny:llava",
+            "--benchmark",
+            "scenes-describe",
+            "--limit",
+            "2",
+            "--mode",
+            "ensemble",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "open-ended" in (result.output + str(result.exception))

@@ -41,6 +41,7 @@ class ItemResult:
     prompt_answers: dict[str, str] = field(default_factory=dict)  # dual-query modes: each prompt's answer
     choices: list[str] | None = None
     answer_index: int | None = None
+    question_type: str | None = None  # e.g. a scene question's kind ("colour_beside"), when known
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Comparison:
     difference: float
     ci_low: float
     ci_high: float
+    changed: float = 0.0  # share of the paired items whose answer differs from the baseline's
 
 
 @dataclass
@@ -121,7 +123,15 @@ def evaluate_mode(
         began = time.perf_counter()
         images = model.encode_images([r.load_image() for r in batch])
         answers = answer_with_mode(
-            model, batch, images, mode, ensemble_prompts, library.get, budget, strategy
+            model,
+            batch,
+            images,
+            mode,
+            ensemble_prompts,
+            library.get,
+            budget,
+            strategy,
+            open_ended=benchmark.prompt_style == "open",
         )
         seconds = (time.perf_counter() - began) / len(batch)
         for record, answer in zip(batch, answers, strict=True):
@@ -141,6 +151,7 @@ def evaluate_mode(
                     prompt_answers={t.prompt_id: t.answer for t in answer.traces},
                     choices=record.choices,
                     answer_index=record.answer_index,
+                    question_type=record.metadata.get("question_type"),
                 )
             )
         if on_progress:
@@ -175,10 +186,37 @@ def compare(
     seed: int = 0,
 ) -> Comparison:
     """Paired difference mode − baseline on the same examples (matched by record id)."""
-    base = {i.record_id: i.score for i in reference}
-    pairs = [(i.score, base[i.record_id]) for i in items if i.record_id in base]
-    diff, low, high = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
-    return Comparison(benchmark, mode, baseline, len(pairs), diff, low, high)
+    base = {i.record_id: i for i in reference}
+    pairs = [(i, base[i.record_id]) for i in items if i.record_id in base]
+    diff, low, high = paired_difference([a.score for a, _ in pairs], [b.score for _, b in pairs], seed=seed)
+    changed = sum(answer_changed(a, b) for a, b in pairs) / max(len(pairs), 1)
+    return Comparison(benchmark, mode, baseline, len(pairs), diff, low, high, changed)
+
+
+def answer_changed(item: ItemResult, baseline: ItemResult) -> bool:
+    """Whether two answers to one question differ (case and surrounding space aside)."""
+    return item.prediction.strip().lower() != baseline.prediction.strip().lower()
+
+
+def changes_by_question_type(
+    results: EvalResults, benchmark: str, mode: str, baseline: str
+) -> list[tuple[str, int, float, float, float]]:
+    """Per question type: (type, n, baseline score, mode score, share of answers changed)."""
+    base = {i.record_id: i for i in results.items if i.benchmark == benchmark and i.mode == baseline}
+    groups: dict[str, list[tuple[ItemResult, ItemResult]]] = {}
+    for item in results.items:
+        if item.benchmark == benchmark and item.mode == mode and item.record_id in base:
+            groups.setdefault(item.question_type or "all", []).append((item, base[item.record_id]))
+    return [
+        (
+            kind,
+            len(pairs),
+            sum(b.score for _, b in pairs) / len(pairs),
+            sum(a.score for a, _ in pairs) / len(pairs),
+            sum(answer_changed(a, b) for a, b in pairs) / len(pairs),
+        )
+        for kind, pairs in sorted(groups.items())
+    ]
 
 
 def evaluate(
@@ -190,6 +228,7 @@ def evaluate(
     data_dir: str | Path = "data",
     limit: int | None = None,
     seed: int = 0,
+    split: str | None = None,
     k: int = 3,
     prompt_ids: Sequence[str] | None = None,
     batch_size: int = 8,
@@ -198,13 +237,16 @@ def evaluate(
     adapter=None,
     skip_bad: bool = False,
 ) -> EvalResults:
-    """Score each mode on the same seeded examples of each benchmark; compare modes to the first."""
+    """Score each mode on the same seeded examples of each benchmark; compare modes to the first.
+
+    ``split`` overrides the benchmarks' own (``validation`` scenes are for choosing settings).
+    """
     for mode in modes:
         if parse_mode(mode)[0] == "adapter" and adapter is None:
             raise ValueError("mode 'adapter' needs an adapter (--adapter DIR)")
     results = EvalResults()
     for benchmark in benchmarks:
-        records = benchmark.load(data_dir, limit=limit, seed=seed, skip_bad=skip_bad)
+        records = benchmark.load(data_dir, split=split, limit=limit, seed=seed, skip_bad=skip_bad)
         by_mode: dict[str, list[ItemResult]] = {}
         for mode in modes:
             use_adapter = adapter is not None and parse_mode(mode)[0] == "adapter"

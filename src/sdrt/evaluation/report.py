@@ -13,7 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from sdrt.evaluation.benchmarks import get_benchmark  # noqa: E402
-from sdrt.evaluation.evaluate import EvalResults, ItemResult, ModeSummary  # noqa: E402
+from sdrt.evaluation.evaluate import (  # noqa: E402
+    EvalResults,
+    ItemResult,
+    ModeSummary,
+    changes_by_question_type,
+)
 from sdrt.evaluation.metrics import score  # noqa: E402
 
 
@@ -92,6 +97,24 @@ def plot_training(logs: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def changes_section(results: EvalResults) -> list[str]:
+    """What each mode changed against the baseline, per question type (where records have types)."""
+    lines: list[str] = []
+    for c in results.comparisons:
+        rows = changes_by_question_type(results, c.benchmark, c.mode, c.baseline)
+        if len(rows) < 2:  # untyped questions: the paired line above says it all
+            continue
+        lines += [
+            f"### {c.benchmark}: {c.mode} against {c.baseline}, by question type",
+            "",
+            f"| question type | n | {c.baseline} | {c.mode} | answers changed |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [f"| {t} | {n} | {b:.3f} | {m:.3f} | {100 * ch:.0f}% |" for t, n, b, m, ch in rows]
+        lines.append("")
+    return lines
+
+
 def write_report(
     results: EvalResults,
     out_dir: str | Path,
@@ -108,10 +131,12 @@ def write_report(
         parts += ["## Paired differences (same examples)", ""]
         parts += [
             f"- {c.benchmark}: {c.mode} − {c.baseline} = {c.difference:+.3f} "
-            f"(95% CI {c.ci_low:+.3f} … {c.ci_high:+.3f}, n = {c.n})"
+            f"(95% CI {c.ci_low:+.3f} … {c.ci_high:+.3f}, n = {c.n}); "
+            f"{100 * c.changed:.0f}% of the answers differ"
             for c in results.comparisons
         ]
         parts.append("")
+        parts += changes_section(results)
     plot_score_vs_cost(results.summaries, out / "score_vs_cost.png")
     parts += ["![score against cost](score_vs_cost.png)", ""]
     prompt_scores = per_prompt_scores(results.items)

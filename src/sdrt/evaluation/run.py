@@ -16,6 +16,7 @@ from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.models import load_model
 from sdrt.progress import console
 from sdrt.prompts.library import PromptLibrary
+from sdrt.reasoning.modes import GenerationBudget
 
 
 def run_evaluation(
@@ -27,10 +28,12 @@ def run_evaluation(
     data_dir: Path = Path("data"),
     limit: int | None = None,
     seed: int = 0,
+    split: str | None = None,
     k: int = 3,
     prompt_ids: list[str] | None = None,
     prompts_yaml: Path | None = None,
     batch_size: int = 8,
+    analysis_tokens: int | None = None,
     out: Path = Path("runs/results.json"),
     skip_bad: bool = False,
     device: str = "cpu",
@@ -54,9 +57,11 @@ def run_evaluation(
         data_dir=data_dir,
         limit=limit,
         seed=seed,
+        split=split,
         k=k,
         prompt_ids=prompt_ids,
         batch_size=batch_size,
+        budget=GenerationBudget(analysis_tokens=analysis_tokens) if analysis_tokens else GenerationBudget(),
         adapter=loaded_adapter,
         skip_bad=skip_bad,
     )
@@ -66,7 +71,7 @@ def run_evaluation(
     for c in results.comparisons:
         console.print(
             f"{c.benchmark}: {c.mode} - {c.baseline} = {c.difference:+.4f} "
-            f"(95% CI {c.ci_low:+.4f} .. {c.ci_high:+.4f}, n={c.n})"
+            f"(95% CI {c.ci_low:+.4f} .. {c.ci_high:+.4f}, n={c.n}; {100 * c.changed:.0f}% of answers differ)"
         )
     console.print(f"results: {out}")
     return results

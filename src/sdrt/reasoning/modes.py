@@ -22,6 +22,7 @@ from sdrt.reasoning.extract import extract_short_answer
 class GenerationBudget:
     analysis_tokens: int = 48
     answer_tokens: int = 10
+    open_tokens: int = 96  # open-ended answers (a description), not a short answer
 
 
 @dataclass
@@ -54,14 +55,23 @@ def answer_direct(
     records: Sequence[VQARecord],
     images: Sequence[EncodedImage],
     budget: GenerationBudget = GenerationBudget(),
+    open_ended: bool = False,
 ) -> list[Answer]:
-    """One call per example with the standard short-answer instruction (no reasoning)."""
-    prompts = [direct_prompt(r.question, r.choices) for r in records]
-    outputs = model.generate(images, prompts, max_new_tokens=budget.answer_tokens)
+    """One call per example with the standard short-answer instruction (no reasoning).
+
+    ``open_ended`` asks the question as it is (no instruction) and keeps the whole reply, for
+    benchmarks whose answer is a text rather than a word (``prompt_style="open"``).
+    """
+    if open_ended:
+        prompts = [[("user", r.question)] for r in records]
+        outputs = model.generate(images, prompts, max_new_tokens=budget.open_tokens)
+    else:
+        prompts = [direct_prompt(r.question, r.choices) for r in records]
+        outputs = model.generate(images, prompts, max_new_tokens=budget.answer_tokens)
     return [
         Answer(
             record_id=r.id,
-            answer=extract_short_answer(out.text, r.choices),
+            answer=out.text.strip() if open_ended else extract_short_answer(out.text, r.choices),
             raw_answer=out.text,
             generated_tokens=out.num_tokens,
             model_calls=1,
@@ -162,10 +172,19 @@ def answer_with_mode(
     library_get,
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
+    open_ended: bool = False,
 ) -> list[Answer]:
-    """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached."""
+    """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached.
+
+    Open-ended questions (descriptions) are answered directly only: dual-query prompts end in
+    a short-answer instruction.
+    """
     kind, prompt_id = parse_mode(mode)
     if kind in {"direct", "adapter"}:
-        return answer_direct(model, records, images, budget)
+        return answer_direct(model, records, images, budget, open_ended)
+    if open_ended:
+        raise ValueError(
+            f"mode {mode!r} answers in a word or phrase; an open-ended benchmark takes direct or adapter"
+        )
     prompts = [library_get(prompt_id)] if kind == "dual" else list(ensemble_prompts)
     return answer_dual_query(model, records, images, prompts, budget, strategy)
