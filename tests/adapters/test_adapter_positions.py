@@ -16,6 +16,10 @@ CASES = [
     ("all_text", ["..iittaa", "iitttaaa"], ["----xxxx", "--xxxxxx"]),
     (["last_prompt:1", "answer"], ["..iittaa", "....itta"], ["-----xxx", "------xx"]),
     ("last_prompt:3", ["...iitt", "iittttt"], ["----xxx", "----xxx"]),  # prompt-only rows (prefill)
+    # text before the image (a system turn) is not counted; only text after the last image token
+    ("first_prompt:2", [".ttiitttaa", "tiittaaaaa"], ["-----xx---", "---xx-----"]),
+    ("first_prompt:4", ["..ttiitta", "ttiittttt"], ["------xx-", "----xxxx-"]),
+    (["first_prompt:1", "last_prompt:1"], ["..tiittta", "tiitttttt"], ["-----x-x-", "---x----x"]),
 ]
 
 
@@ -41,6 +45,7 @@ def test_decode_step_edits_answer_only() -> None:
     step = TokenLayout.decode_step(3, "cpu")
     assert position_mask("answer", step).tolist() == [[True]] * 3
     assert not position_mask("last_prompt:4", step).any()
+    assert not position_mask("first_prompt:2", step).any()
     assert position_mask(["last_prompt:4", "answer"], step).all()
     assert position_mask("all_text", step).all()
 

@@ -5,6 +5,9 @@ A spec is a short string, so that configs stay plain data:
 * ``"answer"``: every answer position (teacher-forced answer tokens in ``score``, the newly
   generated token in each KV-cached decode step);
 * ``"last_prompt:N"``: the last ``N`` prompt positions of each row (none in a decode step);
+* ``"first_prompt:N"``: the first ``N`` prompt-text positions after the image (LoReFT edits the
+  first and the last prompt positions; in a VLM the text right after the image is where the
+  question starts and the image has been read; none in a decode step);
 * ``"all_text"``: every real token that is not an image token (prompt text and answer).
 
 A list of specs edits the union. Every mask comes from the layout, which already accounts for
@@ -21,7 +24,8 @@ import torch
 
 from sdrt.models.base import TokenLayout
 
-KINDS = ("answer", "last_prompt", "all_text")
+KINDS = ("answer", "last_prompt", "first_prompt", "all_text")
+COUNTED = ("last_prompt", "first_prompt")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class PositionSpec:
     count: int = 0
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.count}" if self.kind == "last_prompt" else self.kind
+        return f"{self.kind}:{self.count}" if self.kind in COUNTED else self.kind
 
 
 def parse_position_spec(spec: str) -> PositionSpec:
@@ -41,10 +45,11 @@ def parse_position_spec(spec: str) -> PositionSpec:
     if text in ("answer", "all_text"):
         return PositionSpec(text)
     kind, sep, count = text.partition(":")
-    if kind == "last_prompt" and sep and count.isdigit() and int(count) > 0:
-        return PositionSpec("last_prompt", int(count))
+    if kind in COUNTED and sep and count.isdigit() and int(count) > 0:
+        return PositionSpec(kind, int(count))
     raise ValueError(
-        f"bad position spec {spec!r}: expected 'answer', 'all_text' or 'last_prompt:N' with N >= 1"
+        f"bad position spec {spec!r}: expected 'answer', 'all_text', 'last_prompt:N' or "
+        "'first_prompt:N' with N >= 1"
     )
 
 
@@ -71,7 +76,17 @@ def _one_mask(spec: PositionSpec, layout: TokenLayout) -> torch.Tensor:
         return layout.answer_mask.bool() & real
     if spec.kind == "all_text":
         return real & ~layout.image_mask.bool()
+    if spec.kind == "first_prompt":
+        return first_text_after_image(layout, spec.count)
     return layout.last_prompt_positions(spec.count).bool()
+
+
+def first_text_after_image(layout: TokenLayout, n: int) -> torch.Tensor:
+    """(B, L) mask of each row's first ``n`` prompt-text positions after its last image token."""
+    image = layout.image_mask.bool()
+    after_image = image.flip(1).cumsum(1).flip(1) == 0  # no image token at or after the position
+    text = layout.text_mask.bool() & after_image
+    return text & (text.long().cumsum(1) <= n)
 
 
 def position_mask(
