@@ -227,3 +227,17 @@ def test_eval_table_is_whole_in_a_pipe(evaluated):
     row = next(line for line in table if "dual:colour_check" in line)
     assert "│ easy-vqa " in row and "│ exact_match " in row, row
     assert not any("…" in line for line in table), table
+
+
+def test_config_files_merge_in_order_then_flags(tmp_path):
+    from sdrt.config import load_config
+    from sdrt.distill.config import DistillConfig
+
+    base = tmp_path / "base.yaml"
+    base.write_text("rank: 8\nlr: 0.01\nloss: {hidden: 1.0, ce: 0.5}\n")
+    change = tmp_path / "change.yaml"
+    change.write_text("skip: false\nloss: {ce: 0.0}\n")
+    config = load_config(DistillConfig, [base, change], steps=7)
+    assert (config.rank, config.lr, config.skip, config.steps) == (8, 0.01, False, 7)
+    assert (config.loss.hidden, config.loss.ce) == (1.0, 0.0)  # one field of a section overridden
+    assert load_config(DistillConfig, base).skip is True  # a single file still reads alone

@@ -161,7 +161,12 @@ def distill(
     out: Annotated[
         Path | None, typer.Option(help="adapter folder, resumable (default: runs/adapter)")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML DistillConfig; flags override it")] = None,
+    config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="YAML DistillConfig (repeatable: later files override earlier ones); flags override it"
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
     cache_teacher: Annotated[
         bool | None, typer.Option("--cache-teacher/--online-teacher", help="cache teacher targets on disk")

@@ -6,6 +6,7 @@ wrong values fail here, with every problem listed at once, before any model is l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,17 +54,24 @@ class TraceConfig(StrictModel):
     device: str = "cpu"
 
 
-def load_config(cls: type[ConfigT], path: str | Path | None = None, **overrides: Any) -> ConfigT:
-    """Build ``cls`` from an optional YAML file plus CLI overrides (``None`` overrides ignored)."""
+def load_config(
+    cls: type[ConfigT], path: str | Path | Sequence[str | Path] | None = None, **overrides: Any
+) -> ConfigT:
+    """Build ``cls`` from optional YAML files plus CLI overrides (``None`` overrides ignored).
+
+    Several files merge in order, a later one overriding single fields of an earlier one (a
+    base config, then one ablation's change).
+    """
     values: dict[str, Any] = {}
-    if path is not None:
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    for one in paths:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.safe_load(Path(one).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+            raise ConfigError(f"cannot read config {one}: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config {path} must be a mapping, got {type(loaded).__name__}")
-        values.update(loaded)
+            raise ConfigError(f"config {one} must be a mapping, got {type(loaded).__name__}")
+        _merge(values, loaded)
     _merge(values, {k: v for k, v in overrides.items() if v is not None})
     try:
         return cls.model_validate(values)
@@ -71,7 +79,7 @@ def load_config(cls: type[ConfigT], path: str | Path | None = None, **overrides:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
-        where = f" in {path}" if path else ""
+        where = f" in {', '.join(str(p) for p in paths)}" if paths else ""
         raise ConfigError(f"invalid {cls.__name__}{where}: {problems}") from exc
 
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The reasoning-gap study on the embedded testbed (docs/results.md), every stage resumable.
+#
+#   bash scripts/study.sh                 # validation scenes: choose settings here
+#   SPLIT=test bash scripts/study.sh      # the held-out report, once the settings are fixed
+#
+# 1. traces: the 7 scene prompts on 2,000 multi-hop questions of training scenes of seed 1
+#    (alignment drew its scenes from seed 0) and 500 easy-vqa training questions; no labels;
+# 2. distillation: the SDRT adapter, its ablations (configs/ablations) and the controls:
+#    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers;
+# 3. evaluation: direct, the K = 7 ensemble and every adapter on the same N_EVAL questions of
+#    SPLIT, with paired intervals against direct (results.json of each folder).
+# A killed run picks up where it stopped: traces and distillation resume, finished evaluations
+# are kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-runs/study}
+SPLIT=${SPLIT:-validation}
+N_EVAL=${N_EVAL:-500}
+STEPS=${STEPS:-600}
+SDRT=${SDRT:-.venv/bin/sdrt}
+PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall
+EVAL=(--benchmark scenes --benchmark scenes-single-hop --benchmark easy-vqa --split "$SPLIT" --limit "$N_EVAL"
+      --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16)
+
+for source in scenes easy-vqa; do
+    $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
+done
+traces=(--traces "$WORK/traces-scenes" --traces "$WORK/traces-easy-vqa")
+cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
+
+# The reasoning baseline: direct answers and the ensemble the adapter learns from.
+base="$WORK/$SPLIT-base.json"
+[ -f "$base" ] || $SDRT eval "${EVAL[@]}" --mode direct --mode ensemble --out "$base"
+
+train() {  # name, config, extra flags...
+    local name=$1 config=$2
+    shift 2
+    $SDRT distill --config "$config" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS" "$@"
+    local results="$WORK/$name/$SPLIT-results.json"
+    [ -f "$results" ] || $SDRT eval "${EVAL[@]}" --mode direct --mode adapter --adapter "$WORK/$name" \
+        --out "$results"
+}
+
+train sdrt configs/study/sdrt.yaml "${cache[@]}"
+for variant in no-skip uniform-weights ce-only hidden-only gate-on; do
+    train "ablation-$variant" configs/study/sdrt.yaml --config "configs/ablations/$variant.yaml" "${cache[@]}"
+done
+train lora-sft configs/study/lora-sft.yaml
+train self-training configs/study/self-training.yaml
+.venv/bin/python scripts/study_table.py "$WORK" "$SPLIT"

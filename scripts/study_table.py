@@ -1,0 +1,71 @@
+"""The study's results as Markdown: every variant beside direct and the ensemble, with paired intervals.
+
+    python scripts/study_table.py runs/study validation
+
+Reads ``WORK/SPLIT-base.json`` (direct and ensemble) and ``WORK/<variant>/SPLIT-results.json``
+(direct and adapter, the same questions). Per benchmark: the score with its 95% interval, the
+paired difference against direct with its interval, and the share of answers that differ from
+direct; for the multi-hop scenes also the share of the ensemble's gain the variant keeps.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sdrt.evaluation.evaluate import EvalResults
+
+
+def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:
+    """benchmark -> (name, score, interval, paired difference vs direct, interval, changed)."""
+    summaries = {(s.benchmark, s.mode): s for s in results.summaries}
+    comparisons = {(c.benchmark, c.mode): c for c in results.comparisons}
+    out = {}
+    for (benchmark, m), s in summaries.items():
+        if m != mode:
+            continue
+        c = comparisons.get((benchmark, mode))
+        paired = (c.difference, c.ci_low, c.ci_high, c.changed) if c else (0.0, 0.0, 0.0, 0.0)
+        out[benchmark] = (name, s.n, s.score, s.ci_low, s.ci_high, *paired)
+    return out
+
+
+def main(work: Path, split: str) -> None:
+    base = EvalResults.load(work / f"{split}-base.json")
+    table = {
+        "direct": rows_of(base, "direct", "direct"),
+        "ensemble (K = 7)": rows_of(base, "ensemble", "ensemble"),
+    }
+    for folder in sorted(p for p in work.iterdir() if (p / f"{split}-results.json").is_file()):
+        table[folder.name] = rows_of(
+            EvalResults.load(folder / f"{split}-results.json"), folder.name, "adapter"
+        )
+    benchmarks = sorted({b for rows in table.values() for b in rows})
+    ensemble_gain = {
+        b: table["ensemble (K = 7)"][b][2] - table["direct"][b][2]
+        for b in benchmarks
+        if b in table["ensemble (K = 7)"] and b in table["direct"]
+    }
+    for benchmark in benchmarks:
+        print(f"\n### {benchmark} ({split})\n")
+        print(
+            "| variant | n | score | 95% CI | − direct | paired 95% CI | answers changed | of the ensemble's gain |"
+        )
+        print("|---|---:|---:|---|---:|---|---:|---:|")
+        for rows in table.values():
+            if benchmark not in rows:
+                continue
+            name, n, score, low, high, diff, dlow, dhigh, changed = rows[benchmark]
+            gain = ensemble_gain.get(benchmark, 0.0)
+            kept = f"{100 * diff / gain:.0f}%" if gain > 0 and name != "direct" else ""
+            print(
+                f"| {name} | {n} | {score:.3f} | {low:.3f}–{high:.3f} | {diff:+.3f} | "
+                f"{dlow:+.3f} … {dhigh:+.3f} | {100 * changed:.0f}% | {kept} |"
+            )
+
+
+if __name__ == "__main__":
+    main(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study"),
+        sys.argv[2] if len(sys.argv) > 2 else "validation",
+    )
