@@ -48,9 +48,17 @@ def main(work: Path, split: str) -> None:
     }
     for benchmark in benchmarks:
         print(f"\n### {benchmark} ({split})\n")
-        print(
-            "| variant | n | score | 95% CI | − direct | paired 95% CI | answers changed | of the ensemble's gain |"
+        header = (
+            "variant",
+            "n",
+            "score",
+            "95% CI",
+            "− direct",
+            "paired 95% CI",
+            "changed",
+            "of ensemble's gain",
         )
+        print("| " + " | ".join(header) + " |")
         print("|---|---:|---:|---|---:|---|---:|---:|")
         for rows in table.values():
             if benchmark not in rows:
