@@ -465,3 +465,13 @@ def test_rows_sharing_an_image_prefill_it_once_and_answer_as_alone(vlm, images, 
         alone = vlm.generate([image], [prompt], max_new_tokens=8)[0]
         assert generation.token_ids == alone.token_ids
         torch.testing.assert_close(generation.token_logprobs, alone.token_logprobs, atol=2e-4, rtol=0)
+
+
+def test_alignment_refuses_a_checkpoint_of_other_settings_naming_them(tmp_path):
+    from sdrt.models import align as alignment
+
+    config = alignment.AlignConfig(out=tmp_path, steps=10)
+    saved = alignment.run_fingerprint(config.model_copy(update={"lr_lora": 1e-3, "steps": 20}))
+    torch.save({"step": 5, "fingerprint": saved}, tmp_path / alignment.CHECKPOINT_FILE)
+    with pytest.raises(DataError, match=r"differs in: lr_lora, steps"):
+        alignment.resume(None, None, None, config)  # refused before anything is loaded

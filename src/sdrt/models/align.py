@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import save_file
 
+from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.data.records import DataError
 from sdrt.models.base import Conversation, EncodedImage
 from sdrt.models.embedded import (
@@ -491,10 +492,9 @@ def resume(vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, co
     if not path.is_file():
         return 0
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    if saved.get("fingerprint") != run_fingerprint(config):
-        raise DataError(
-            f"{path} was written by a run with other settings; use another --out or delete it to start over"
-        )
+    differing = fingerprint_mismatch(saved.get("fingerprint") or {}, run_fingerprint(config))
+    if differing:
+        raise DataError(mismatch_message(path, differing, "use another --out or delete it to start over"))
     load_trainable_state(vlm, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
