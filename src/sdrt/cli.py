@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sdrt.config import TraceConfig, load_config
+from sdrt.config import ConfigError, TraceConfig, load_config
 
 app = typer.Typer(
     help="Self-distillation with diverse reasoning traces for vision-language models.",
@@ -206,6 +206,19 @@ def distill(
 def evaluate(
     model: ModelOpt = "embedded",
     benchmark: Annotated[list[str] | None, typer.Option(help="benchmark name (repeatable)")] = None,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="your own data: a .jsonl file or a Parquet file/folder (repeatable); needs --metric"
+        ),
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="metric for --data: exact_match, vqa_accuracy, anls, ... (see docs)")
+    ] = None,
+    layout: Annotated[str | None, typer.Option(help="published layout of a --data Parquet folder")] = None,
+    task_type: Annotated[
+        str, typer.Option(help="task type of --data (chooses the ensemble's prompts)")
+    ] = "scene",
     mode: Annotated[
         list[str] | None, typer.Option(help="direct | dual:<id> | ensemble | adapter (repeatable)")
     ] = None,
@@ -232,10 +245,12 @@ def evaluate(
     from sdrt.evaluation.run import run_evaluation
 
     prompt_ids, prompts_yaml = _split_prompts_option(prompts)
+    own = _own_benchmarks(data or [], metric, layout, task_type)
     run_evaluation(
         model,
-        benchmark or ["easy-vqa"],
+        benchmark or ([] if own else ["easy-vqa"]),
         mode or ["direct"],
+        own_data=own,
         adapter=adapter,
         data_dir=data_dir,
         limit=limit,
@@ -250,6 +265,15 @@ def evaluate(
         skip_bad=skip_bad,
         device=device,
     )
+
+
+def _own_benchmarks(files: list[Path], metric: str | None, layout: str | None, task_type: str) -> list:
+    """``--data`` files as benchmarks; refused without a metric, before any model loads."""
+    from sdrt.evaluation.benchmarks import Benchmark
+
+    if files and metric is None:
+        raise ConfigError("--data needs --metric (exact_match, vqa_accuracy, anls, relaxed_accuracy, ...)")
+    return [Benchmark.from_file(f, metric, layout=layout, task_type=task_type) for f in files]
 
 
 @app.command()

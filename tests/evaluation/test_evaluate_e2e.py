@@ -194,3 +194,47 @@ def test_describe_benchmark_refuses_reasoning_modes(tmp_path):
     )
     assert result.exit_code != 0
     assert "open-ended" in (result.output + str(result.exception))
+
+
+def test_eval_on_a_users_own_jsonl(tmp_path):
+    for i, colour in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"img{i}.png")
+    lines = [
+        {"id": f"q{i}", "image": f"img{i}.png", "question": "What color is it?", "answers": [colour]}
+        for i, colour in enumerate(("red", "blue", "green"))
+    ]
+    data = tmp_path / "mine.jsonl"
+    data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    results = run_eval(
+        tmp_path, "--data", str(data), "--metric", "vqa_accuracy", "--mode", "direct", "--mode", "ensemble"
+    )
+    summaries = {s["mode"]: s for s in results["summaries"]}
+    assert set(summaries) == {"direct", "ensemble"}
+    assert all(
+        (s["benchmark"], s["metric"], s["n"]) == ("mine", "vqa_accuracy", 3) for s in summaries.values()
+    )
+    assert {tuple(i["references"]) for i in results["items"]} == {("red",), ("blue",), ("green",)}
+    from sdrt.evaluation.metrics import vqa_accuracy
+
+    for item in results["items"]:  # scored by the metric asked for
+        assert item["score"] == vqa_accuracy(item["prediction"], item["references"])
+
+
+def test_eval_on_own_data_needs_a_known_metric(tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text("")
+    for args, words in (([], "--metric"), (["--metric", "bleu"], "unknown metric")):
+        result = runner.invoke(
+            app,
+            ["eval", "--model", "tiny:llava", "--data", str(data), *args, "--out", str(tmp_path / "r.json")],
+        )
+        assert result.exit_code != 0, result.output
+        assert words in str(result.exception)  # the console entry prints it as one line, exit 2
+
+
+def test_eval_on_a_users_own_parquet_folder_guesses_its_layout(tmp_path, data_dir):
+    results = run_eval(
+        tmp_path, "--data", str(data_dir / "docvqa"), "--metric", "anls", "--task-type", "document"
+    )
+    (summary,) = results["summaries"]
+    assert (summary["benchmark"], summary["metric"], summary["n"]) == ("docvqa", "anls", 3)

@@ -244,6 +244,11 @@ def data_files(path: Path, split: str | None) -> list[Path]:
     return [file for file, _ in _split_files(path, split)]
 
 
+def data_splits(path: Path) -> list[str]:
+    """The splits the data files under ``path`` belong to, by their names."""
+    return sorted({file_split for _, file_split in _split_files(path, None)})
+
+
 def _split_files(path: str | Path, split: str | None) -> list[tuple[Path, str]]:
     path = Path(path)
     if path.is_file():

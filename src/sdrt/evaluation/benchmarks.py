@@ -31,6 +31,56 @@ class Benchmark:
     source: str | None = None  # built-in data source, when it differs from the name
     prompt_style: Literal["short-answer", "open"] = "short-answer"  # open: the question as asked, long reply
 
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        metric: str,
+        *,
+        layout: str | None = None,
+        task_type: str = "scene",
+        split: str | None = None,
+        prompt_style: Literal["short-answer", "open"] = "short-answer",
+    ) -> Benchmark:
+        """A user's own data as a benchmark: a ``.jsonl`` file of ours or a Parquet file/folder.
+
+        As lmms-eval users point a task YAML at their files: the data, its metric, its task
+        type (which chooses the ensemble's prompts). A Parquet folder's layout is guessed from
+        its columns when not given, and its split, when not given, is ``test`` or the only one
+        its file names carry.
+        """
+        from sdrt.evaluation.metrics import METRICS
+
+        if metric not in METRICS:
+            raise DataError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        file = Path(path).expanduser().resolve()
+        if not file.exists():
+            raise DataError(f"{path}: no such file or folder")
+        name = file.stem if file.is_file() else file.name
+        if file.suffix == ".jsonl":
+            return cls(
+                name,
+                metric,
+                task_type,
+                split,
+                f"your data: {file}",
+                source=str(file),
+                prompt_style=prompt_style,
+            )
+        from sdrt.data.published import detect_layout
+
+        chosen = layout or detect_layout(file)
+        return cls(
+            name,
+            metric,
+            task_type,
+            split,
+            f"your data: {file}",
+            layout=chosen,
+            folder=str(file),
+            prompt_style=prompt_style,
+        )
+
     @property
     def builtin(self) -> bool:
         return self.layout is None

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from sdrt.evaluation.benchmarks import BENCHMARKS, get_benchmark
+from sdrt.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.models import load_model
 from sdrt.progress import console
@@ -24,6 +24,7 @@ def run_evaluation(
     benchmark_names: Sequence[str],
     modes: Sequence[str],
     *,
+    own_data: Sequence[Benchmark] = (),
     adapter: Path | None = None,
     data_dir: Path = Path("data"),
     limit: int | None = None,
@@ -40,6 +41,7 @@ def run_evaluation(
 ) -> EvalResults:
     """``prompts_yaml`` adds or overrides prompts; ``prompt_ids`` choose the ensemble's prompts."""
     chosen = [get_benchmark(name) for name in benchmark_names]  # unknown names fail before loading
+    chosen += list(own_data)  # the user's own files (``Benchmark.from_file``)
     library = PromptLibrary.load(prompts_yaml)
     for prompt_id in prompt_ids or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
