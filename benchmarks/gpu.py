@@ -31,6 +31,7 @@ from transformers import (
 from benchmarks import answering, distill_step, trace_generation
 from benchmarks.common import Figure, Sizes, make_inputs, set_threads
 from sdrt.models.hf import HFVisionLanguageModel, ImageOnlyQwen2VLProcessor
+from sdrt.models.registry import LoadOptions
 from sdrt.models.tiny import build_tokenizer
 
 
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     folder = build_folder(SCALES[args.scale], args.out / f"qwen2-vl-{args.scale}-random", args.device, dtype)
     built = time.perf_counter()
-    model = HFVisionLanguageModel.from_pretrained(folder, device=args.device, dtype=dtype_name)
+    model = HFVisionLanguageModel.from_pretrained(folder, LoadOptions(device=args.device, dtype=dtype_name))
     loaded = time.perf_counter()
     print(
         f"# built {args.scale} ({model.num_parameters():,} parameters) in {built - started:.0f} s, "

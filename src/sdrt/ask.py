@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdrt.config import LoadOptions
 from sdrt.data.records import VQARecord
 from sdrt.models import load_model
 from sdrt.prompts.library import PromptLibrary
@@ -21,7 +22,7 @@ def ask_question(
     k: int = 3,
     prompt_ids: list[str] | None = None,
     prompts_yaml: Path | None = None,
-    device: str = "cpu",
+    load: LoadOptions | None = None,
 ) -> Answer:
     """``prompt_ids`` choose the ensemble's prompts (default: the first ``k`` suited to the question).
 
@@ -39,7 +40,7 @@ def ask_question(
     library = PromptLibrary.load(prompts_yaml)
     for prompt_id in prompt_ids or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
-    model = load_model(model_name, device=device)
+    model = load_model(model_name, load)
     if adapter is not None:
         from sdrt.adapters.files import load_adapter
 

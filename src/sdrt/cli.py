@@ -25,6 +25,17 @@ ModelOpt = Annotated[
     str, typer.Option("--model", "-m", help="embedded | tiny:<family> | model folder | hub id")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")]
+DTypeOpt = Annotated[
+    str | None,
+    typer.Option("--dtype", help="float32 (default) | bfloat16 | float16: bfloat16 for a 7B model on a GPU"),
+]
+DeviceMapOpt = Annotated[
+    str | None, typer.Option("--device-map", help="'auto': spread a model larger than one GPU over the GPUs")
+]
+AttnOpt = Annotated[
+    str | None,
+    typer.Option("--attn", help="attention kernel: sdpa | eager | flash_attention_2 (if installed)"),
+]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="skip bad records (counted and logged)")]
 PromptsOpt = Annotated[
     str | None,
@@ -58,6 +69,9 @@ def ask(
     k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
     prompts: PromptsOpt = None,
     device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    attn: AttnOpt = None,
 ) -> None:
     """Answer one question about one image; the answer is the last line printed."""
     from sdrt.ask import ask_question
@@ -72,7 +86,7 @@ def ask(
         k=k,
         prompt_ids=prompt_ids,
         prompts_yaml=prompts_yaml,
-        device=device,
+        load=_load_options(device, dtype, device_map, attn),
     )
     for trace in result.traces:
         err.print(f"[bold]{trace.prompt_id}[/bold] analysis: {trace.analysis}")
@@ -100,6 +114,9 @@ def traces(
         bool | None, typer.Option("--skip-bad/--no-skip-bad", help="skip bad records (counted and logged)")
     ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
+    dtype: DTypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    attn: AttnOpt = None,
 ) -> None:
     """Generate K dual-query reasoning traces per example and their ensemble pseudo-labels."""
     from sdrt.traces.job import run_trace_job
@@ -119,6 +136,9 @@ def traces(
         out=out,
         skip_bad=skip_bad,
         device=device,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=attn,
     )
     stats = run_trace_job(cfg)
     err.print(
@@ -175,6 +195,9 @@ def distill(
         Path | None, typer.Option(help="teacher cache folder to share between runs")
     ] = None,
     device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
+    dtype: DTypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    attn: AttnOpt = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="discard the checkpoints in --out and train from step 0")
     ] = False,
@@ -197,6 +220,9 @@ def distill(
         cache_teacher=cache_teacher,
         teacher_cache_dir=teacher_cache,
         device=device,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=attn,
     )
     result = distill_with_progress(cfg, restart=restart)
     print(result.adapter_dir)
@@ -240,6 +266,9 @@ def evaluate(
     ),
     skip_bad: SkipBadOpt = False,
     device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = None,
+    device_map: DeviceMapOpt = None,
+    attn: AttnOpt = None,
 ) -> None:
     """Score modes on benchmarks with the community metrics, each beside its cost per answer."""
     from sdrt.evaluation.run import run_evaluation
@@ -263,8 +292,16 @@ def evaluate(
         analysis_tokens=analysis_tokens,
         out=out,
         skip_bad=skip_bad,
-        device=device,
+        load=_load_options(device, dtype, device_map, attn),
     )
+
+
+def _load_options(device: str, dtype: str | None, device_map: str | None, attn: str | None):
+    """The model placement flags as one validated ``LoadOptions`` (a bad value: one clear line)."""
+    from sdrt.config import LoadOptions
+
+    values = {"device": device, "dtype": dtype, "device_map": device_map, "attn_implementation": attn}
+    return load_config(LoadOptions, None, **values)
 
 
 def _own_benchmarks(files: list[Path], metric: str | None, layout: str | None, task_type: str) -> list:

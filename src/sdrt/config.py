@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,7 +38,30 @@ class DataSource(StrictModel):
         return f"{self.source}:{self.split}"
 
 
-class TraceConfig(StrictModel):
+DType = Literal["float32", "bfloat16", "float16"]
+Attention = Literal["sdpa", "eager", "flash_attention_2"]
+
+
+class LoadOptions(StrictModel):
+    """How to place a model: every command that loads one takes these (``--dtype`` and so on).
+
+    ``device_map="auto"`` lets accelerate spread a model larger than one GPU over the GPUs (and
+    the CPU); ``device`` is then where inputs go (the first GPU). ``attn_implementation`` is
+    transformers' own choice (``flash_attention_2`` needs the flash-attn package).
+    """
+
+    device: str = "cpu"
+    dtype: DType = "float32"
+    device_map: str | None = None
+    attn_implementation: Attention | None = None
+
+    @property
+    def load_options(self) -> LoadOptions:
+        """Just the placement, for a stage config that carries these fields among its own."""
+        return LoadOptions.model_validate(self.model_dump(include=set(LoadOptions.model_fields)))
+
+
+class TraceConfig(LoadOptions):
     model: str = "embedded"
     data: DataSource = DataSource()
     prompts: list[str] | None = None  # prompt ids; None = the first k suited to the data's task type
@@ -51,7 +74,6 @@ class TraceConfig(StrictModel):
     answer_tokens: int = Field(default=10, gt=0)
     out: Path = Path("runs/traces")
     skip_bad: bool = False
-    device: str = "cpu"
 
 
 def load_config(

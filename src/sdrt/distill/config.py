@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sdrt.config import StrictModel
+from sdrt.config import LoadOptions, StrictModel
 
 
 class LossWeights(StrictModel):
@@ -28,7 +28,7 @@ class LossWeights(StrictModel):
 DistillMethod = Literal["sdrt", "lora-sft"]
 
 
-class DistillConfig(StrictModel):
+class DistillConfig(LoadOptions):
     model: str = "embedded"
     # sdrt: intervention adapters matched to the reasoning teachers (hidden states + CE + KL);
     # lora-sft: the control, PEFT LoRA on every linear layer fine-tuned on the same pseudo-labels
@@ -71,7 +71,6 @@ class DistillConfig(StrictModel):
     teacher_cache_dir: Path | None = (
         None  # default <out>/teacher-cache; runs on the same traces may share one
     )
-    device: str = "cpu"
 
     @model_validator(mode="after")
     def _controls_are_cross_entropy(self) -> DistillConfig:

@@ -22,7 +22,7 @@ def parameter_report(model, trainable: int) -> str:
 
 
 def distill_with_progress(config: DistillConfig, *, restart: bool = False) -> DistillResult:
-    model = load_model(config.model, device=config.device)
+    model = load_model(config.model, config.load_options)
     with progress_bar(config.steps, "distill", unit="step") as advance:
         result = run_distillation(
             config,

@@ -355,11 +355,21 @@ RESTART_HINT = "rerun with --restart to discard it and start over, or use anothe
 def run_fingerprint(config: DistillConfig) -> dict:
     """The settings a checkpoint must share with the run that resumes it.
 
-    Left out: where files go, how often to checkpoint, the device, and whether teacher targets
-    are cached (the cache is exact and fingerprinted itself).
+    Left out: where files go, how often to checkpoint, where the model is placed (device,
+    device map, attention kernel), and whether teacher targets are cached (the cache is exact
+    and fingerprinted itself).
     """
     return config.model_dump(
-        mode="json", exclude={"out", "checkpoint_every", "cache_teacher", "teacher_cache_dir", "device"}
+        mode="json",
+        exclude={
+            "out",
+            "checkpoint_every",
+            "cache_teacher",
+            "teacher_cache_dir",
+            "device",
+            "device_map",
+            "attn_implementation",
+        },
     )
 
 
@@ -414,7 +424,7 @@ def run_distillation(
     torch.manual_seed(config.seed)
     init_distributed()
     rank, _ = world()
-    model = model or load_model(config.model, device=config.device)
+    model = model or load_model(config.model, config.load_options)
     examples: list[DistillExample] = []
     for folder in config.traces:  # each folder's examples keep the library they were traced with
         library = check_traces(folder, model)

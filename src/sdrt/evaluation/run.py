@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from sdrt.config import LoadOptions
 from sdrt.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from sdrt.evaluation.evaluate import EvalResults, evaluate
 from sdrt.models import load_model
@@ -37,7 +38,7 @@ def run_evaluation(
     analysis_tokens: int | None = None,
     out: Path = Path("runs/results.json"),
     skip_bad: bool = False,
-    device: str = "cpu",
+    load: LoadOptions | None = None,
 ) -> EvalResults:
     """``prompts_yaml`` adds or overrides prompts; ``prompt_ids`` choose the ensemble's prompts."""
     chosen = [get_benchmark(name) for name in benchmark_names]  # unknown names fail before loading
@@ -45,7 +46,7 @@ def run_evaluation(
     library = PromptLibrary.load(prompts_yaml)
     for prompt_id in prompt_ids or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
-    model = load_model(model_name, device=device)
+    model = load_model(model_name, load)
     loaded_adapter = None
     if adapter is not None:
         from sdrt.adapters.files import load_adapter

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -48,6 +48,9 @@ from sdrt.models.base import (
 
 BACKEND = "hf"
 ROLES = ("system", "user", "assistant")
+if TYPE_CHECKING:
+    from sdrt.models.registry import LoadOptions
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Keys of a config that say nothing about the architecture; they must not change the config hash.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_commit_hash"}
@@ -177,8 +180,11 @@ class HFVisionLanguageModel(VisionLanguageModel):
     the vision tower on every call.
     """
 
-    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, name: str) -> None:
-        super().__init__(name, device=model.device)
+    def __init__(
+        self, model: PreTrainedModel, processor: ProcessorMixin, name: str, device: str | None = None
+    ) -> None:
+        """``device``: where inputs go; by default the model's own (a sharded model's first part)."""
+        super().__init__(name, device=device or model.device)
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -191,18 +197,34 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, device: str = "cpu", dtype: str | torch.dtype = "float32"
+        cls, name_or_path: str | os.PathLike, options: LoadOptions | None = None
     ) -> HFVisionLanguageModel:
-        """Load model and processor from a local folder (or a hub id when online)."""
+        """Load model and processor from a local folder (or a hub id when online).
+
+        ``options`` give the dtype (bfloat16 for a 7B model on one GPU), a ``device_map``
+        (``"auto"`` spreads a larger model over the GPUs; the model is then not moved) and the
+        attention implementation.
+        """
+        from sdrt.models.registry import LoadOptions
+
+        options = options or LoadOptions()
         name = str(name_or_path)
-        torch_dtype = _parse_dtype(dtype)
         config = _load_config(name)
         processor = _load_processor(name, config.model_type)
+        extra: dict[str, Any] = {}
+        if options.device_map:
+            extra["device_map"] = options.device_map
+        if options.attn_implementation:
+            extra["attn_implementation"] = options.attn_implementation
         try:
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype)
-        except (OSError, ValueError) as err:
+            model = AutoModelForImageTextToText.from_pretrained(
+                name, dtype=_parse_dtype(options.dtype), **extra
+            )
+        except (OSError, ValueError, ImportError) as err:
             raise ModelError(f"{name}: cannot load the model weights: {err}") from err
-        return cls(model.to(device), processor, name)
+        if not options.device_map:
+            model = model.to(options.device)
+        return cls(model, processor, name, device=options.device)
 
     # --- descriptive properties -------------------------------------------------------------
 

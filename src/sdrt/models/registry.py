@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdrt.config import DType, LoadOptions
 from sdrt.models.base import ModelError, VisionLanguageModel
+
+__all__ = ["TINY_FAMILIES", "LoadOptions", "available_models", "load_model"]
 
 TINY_FAMILIES = ("llava", "qwen2-vl", "idefics3")
 
@@ -13,26 +16,44 @@ def available_models() -> list[str]:
     return ["embedded", *(f"tiny:{family}" for family in TINY_FAMILIES), "<local folder>", "<hub id>"]
 
 
-def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> VisionLanguageModel:
-    """Load a backend by name. Unknown names raise ``ModelError`` listing what is known."""
+def load_model(
+    name: str,
+    options: LoadOptions | None = None,
+    *,
+    device: str | None = None,
+    dtype: DType | None = None,
+) -> VisionLanguageModel:
+    """Load a backend by name. Unknown names raise ``ModelError`` listing what is known.
+
+    ``device`` and ``dtype`` are shorthands that override the same fields of ``options``.
+    """
+    options = (options or LoadOptions()).model_copy(
+        update={k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
+    )
     if name == "embedded":
         from sdrt.models.embedded import EmbeddedVLM
 
-        return EmbeddedVLM.load(device=device)
+        if options.dtype != "float32" or options.device_map or options.attn_implementation:
+            raise ModelError(
+                "the embedded model runs in float32 on one device; drop --dtype/--device-map/--attn"
+            )
+        return EmbeddedVLM.load(device=options.device)
+    from sdrt.models.hf import HFVisionLanguageModel
+
     if name.startswith("tiny:"):
         family = name.removeprefix("tiny:")
         if family not in TINY_FAMILIES:
             raise ModelError(f"unknown tiny model {name!r}; known: {', '.join(TINY_FAMILIES)}")
-        from sdrt.models.tiny import load_tiny_model
+        from sdrt.models.tiny import tiny_model_path
 
-        return load_tiny_model(family, device=device)
-    from sdrt.models.hf import HFVisionLanguageModel
-
+        model = HFVisionLanguageModel.from_pretrained(str(tiny_model_path(family)), options)
+        model.name = name
+        return model
     path = Path(name).expanduser()
     if path.exists():
-        return HFVisionLanguageModel.from_pretrained(str(path), device=device, dtype=dtype)
+        return HFVisionLanguageModel.from_pretrained(str(path), options)
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        return HFVisionLanguageModel.from_pretrained(name, device=device, dtype=dtype)
+        return HFVisionLanguageModel.from_pretrained(name, options)
     raise ModelError(
         f"unknown model {name!r}: not a folder, not a hub id; known names: {', '.join(available_models())}"
     )

@@ -351,6 +351,8 @@ def tiny_model_path(family: str) -> Path:
 
 def load_tiny_model(family: str, device: str = "cpu") -> HFVisionLanguageModel:
     """The tiny ``family`` model, built once into the cache and loaded like any local checkpoint."""
-    model = HFVisionLanguageModel.from_pretrained(str(tiny_model_path(family)), device=device)
-    model.name = f"tiny:{family}"
+    from sdrt.models.registry import load_model
+
+    model = load_model(f"tiny:{family}", device=device)
+    assert isinstance(model, HFVisionLanguageModel)
     return model

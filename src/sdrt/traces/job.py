@@ -40,7 +40,7 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
     prompts = select_prompts(library, config.prompts, config.k, records[0].task_type if records else "scene")
     rank = DistributedRank.from_env()
     store = TraceStore(config.out, rank=rank.rank)
-    model = model or load_model(config.model, device=config.device)
+    model = model or load_model(config.model, config.load_options)
     store.check_or_write_manifest(
         {
             "model": config.model,
