@@ -361,8 +361,12 @@ def test_text_only_model_folder_raises(tmp_path: Path):
 def test_missing_folder_and_bad_dtype_raise(tmp_path: Path):
     with pytest.raises(ModelError, match="config"):
         HFVisionLanguageModel.from_pretrained(tmp_path / "nothing-here")
-    with pytest.raises(ModelError, match="dtype"):
-        HFVisionLanguageModel.from_pretrained(tmp_path, dtype="float8")
+    from pydantic import ValidationError
+
+    from sdrt.config import LoadOptions
+
+    with pytest.raises(ValidationError, match="dtype"):
+        HFVisionLanguageModel.from_pretrained(tmp_path, LoadOptions(dtype="float8"))
 
 
 def test_unknown_tiny_family_raises():
