@@ -57,28 +57,16 @@ class Benchmark:
         if not file.exists():
             raise DataError(f"{path}: no such file or folder")
         name = file.stem if file.is_file() else file.name
-        if file.suffix == ".jsonl":
-            return cls(
-                name,
-                metric,
-                task_type,
-                split,
-                f"your data: {file}",
-                source=str(file),
-                prompt_style=prompt_style,
-            )
-        from sdrt.data.published import detect_layout
+        where: dict[str, str] = {"source": str(file)}  # a .jsonl file of ours
+        if file.suffix != ".jsonl":
+            from sdrt.data.published import data_splits, detect_layout
 
-        chosen = layout or detect_layout(file)
+            where = {"layout": layout or detect_layout(file), "folder": str(file)}
+            if split is None:
+                found = data_splits(file)
+                split = found[0] if len(found) == 1 else "test"
         return cls(
-            name,
-            metric,
-            task_type,
-            split,
-            f"your data: {file}",
-            layout=chosen,
-            folder=str(file),
-            prompt_style=prompt_style,
+            name, metric, task_type, split or "test", f"your data: {file}", prompt_style=prompt_style, **where
         )
 
     @property
