@@ -527,9 +527,11 @@ def quick_eval(vlm: EmbeddedVLM, config: AlignConfig) -> dict[str, Any]:
     return result
 
 
-def export_weights(vlm: EmbeddedVLM, config: AlignConfig, accuracy: dict[str, Any] | None) -> Path:
-    """``embedded_projector.safetensors`` + ``embedded_config.json`` in ``out/weights``."""
-    folder = config.out / "weights"
+def export_weights(
+    vlm: EmbeddedVLM, config: AlignConfig, accuracy: dict[str, Any] | None, folder: Path | None = None
+) -> Path:
+    """``embedded_projector.safetensors`` + ``embedded_config.json`` in ``folder`` (``out/weights``)."""
+    folder = folder or config.out / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in trainable_state(vlm).items()}
     save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": "pt"})
