@@ -3,7 +3,25 @@
 import dataclasses
 import json
 
+from PIL import Image
+
 from sdrt.demo import DemoPlan, run_demo
+from sdrt.evaluation.evaluate import EvalResults
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """Cells of the report's Markdown table rows (header and rule lines left out)."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if (
+            line.startswith("|")
+            and len(cells) > 4
+            and not set(cells[0]) <= set("-:")
+            and cells[0] != "benchmark"
+        ):
+            rows.append(cells)
+    return rows
 
 
 def test_demo_end_to_end_and_rerun(tmp_path, capsys):
@@ -20,11 +38,20 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     )
     report = run_demo(plan)
     text = report.read_text()
-    for mode in ("direct", "ensemble", "adapter"):
-        for benchmark in ("easy-vqa", "scenes"):
-            assert f"| {benchmark} | {mode} |" in text
+    results = EvalResults.load(plan.work_dir / "results.json")
+    assert {(s.benchmark, s.mode) for s in results.summaries} == {
+        (b, m) for b in ("easy-vqa", "scenes") for m in ("direct", "ensemble", "adapter")
+    }
+    rows = {tuple(cells[:2]): cells for cells in table_rows(text)}
+    for summary in results.summaries:  # the report shows the very scores the results hold
+        cells = rows[(summary.benchmark, summary.mode)]
+        assert float(cells[4]) == round(summary.score, 3), cells
+    for c in results.comparisons:
+        assert f"{c.benchmark}: {c.mode} − {c.baseline} = {c.difference:+.3f}" in text
     for picture in ("score_vs_cost.png", "per_prompt.png", "training.png"):
-        assert (plan.report_dir / picture).stat().st_size > 1000
+        with Image.open(plan.report_dir / picture) as image:  # a real picture, not an empty file
+            image.load()
+            assert min(image.size) > 100
     assert (plan.work_dir / "adapter" / "adapter_config.json").exists()
     capsys.readouterr()
 
