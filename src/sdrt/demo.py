@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdrt.atomic import atomic_write_text
 from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.config import DataSource, TraceConfig
 from sdrt.distill.config import DistillConfig
@@ -127,9 +128,7 @@ def same_inputs(plan: DemoPlan, stage: str, inputs: dict[str, Any], output: Path
         else:
             output.unlink()
     recorded[stage] = inputs
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(recorded, indent=1, sort_keys=True))
-    staging.replace(path)
+    atomic_write_text(path, json.dumps(recorded, indent=1, sort_keys=True))
     return False
 
 

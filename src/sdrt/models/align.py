@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import save_file
 
+from sdrt.atomic import atomic_write
 from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.data.records import DataError
 from sdrt.models.base import Conversation, EncodedImage
@@ -471,19 +472,14 @@ def save_checkpoint(
     vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, config: AlignConfig, step: int
 ) -> None:
     """Written to a temporary file and renamed, so a kill mid-write keeps the previous checkpoint."""
-    path = config.out / CHECKPOINT_FILE
-    staging = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "step": step,
-            "fingerprint": run_fingerprint(config),
-            "trainable": trainable_state(vlm),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-        },
-        staging,
-    )
-    staging.replace(path)
+    state = {
+        "step": step,
+        "fingerprint": run_fingerprint(config),
+        "trainable": trainable_state(vlm),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+    }
+    atomic_write(config.out / CHECKPOINT_FILE, lambda staging: torch.save(state, staging))
 
 
 def resume(vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, config: AlignConfig) -> int:

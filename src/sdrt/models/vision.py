@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from sdrt.atomic import atomic_write
 from sdrt.models.base import ModelError
 from sdrt.models.smollm import cache_dir
 
@@ -141,18 +142,10 @@ class VisionEncoder:
         path = self._path(key)
         if path is None:
             return
-        import uuid
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A staging name of its own per writer: ranks encoding the same image never share one,
-        # and the rename is atomic, so readers see the old entry, the new one, or none.
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            # float16 halves the cache size on disk.
-            save_file({"features": features.to(torch.float16).contiguous()}, staging)
-            staging.replace(path)
-        finally:
-            staging.unlink(missing_ok=True)
+        # Ranks encoding the same image each stage under their own name; readers see the old
+        # entry, the new one, or none. float16 halves the cache size on disk.
+        tensors = {"features": features.to(torch.float16).contiguous()}
+        atomic_write(path, lambda staging: save_file(tensors, staging))
 
 
 def load_efficientnet() -> torch.nn.Module:

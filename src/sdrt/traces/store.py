@@ -10,14 +10,13 @@ readers merge every shard in the folder.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdrt.atomic import atomic_write, atomic_write_text
 from sdrt.traces.schema import TRACE_SCHEMA
 
 MANIFEST = "manifest.json"
@@ -49,7 +48,7 @@ class TraceStore:
                     "use another --out folder or delete this one"
                 )
             return
-        _atomic_write_bytes(path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
@@ -76,10 +75,7 @@ class TraceStore:
         while final.exists():  # a shard from an earlier run of this rank
             index += 1
             final = self.root / f"rank{self.rank}-shard{index:05d}.parquet"
-        tmp = self.root / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp)
-        _fsync_and_rename(tmp, final)
-        return final
+        return atomic_write(final, lambda staging: pq.write_table(table, staging))
 
     def read(self) -> pa.Table:
         """All shards of all ranks, merged and sorted by example then prompt order."""
@@ -92,15 +88,3 @@ class TraceStore:
 
 def read_traces(root: str | Path) -> pa.Table:
     return TraceStore(root).read()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    _fsync_and_rename(tmp, path)
-
-
-def _fsync_and_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
