@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the full results here (JSON)")
     parser.add_argument("--skip-perception", action="store_true")
+    parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
     return parser.parse_args(argv)
 
 
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.skip_perception:
         result["perception"] = perception(vlm, args)
-    result["reasoning"] = reasoning(vlm, skills, args)
+    if not args.skip_reasoning:
+        result["reasoning"] = reasoning(vlm, skills, args)
     result["seconds"] = round(time.perf_counter() - began, 1)
     text = json.dumps(result, indent=2)
     print(text)
