@@ -475,3 +475,25 @@ def test_alignment_refuses_a_checkpoint_of_other_settings_naming_them(tmp_path):
     torch.save({"step": 5, "fingerprint": saved}, tmp_path / alignment.CHECKPOINT_FILE)
     with pytest.raises(DataError, match=r"differs in: lr_lora, steps"):
         alignment.resume(None, None, None, config)  # refused before anything is loaded
+
+
+def test_alignment_can_start_from_exported_weights(user_cache, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from sdrt.models import align as alignment
+    from sdrt.models.embedded import WEIGHTS_FILE
+
+    def config(out, **extra):
+        return alignment.AlignConfig(
+            out=out, steps=1, batch_size=2, easyvqa_limit=8, eval_questions=0, lora_rank=2, **extra
+        )
+
+    first = alignment.align(config(tmp_path / "first"))
+    monkeypatch.setattr(alignment, "train_step", lambda *args, **kwargs: 0.0)  # no update at all
+    second = alignment.align(config(tmp_path / "second", init_from=first, seed=5))
+    before, after = load_file(first / WEIGHTS_FILE), load_file(second / WEIGHTS_FILE)
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    with pytest.raises(DataError, match="reads images"):
+        alignment.align(config(tmp_path / "third", init_from=first, grid=7))

@@ -123,6 +123,9 @@ class AlignConfig(BaseModel):
     eval_questions: int = Field(default=200, ge=0)  # seeded easy-vqa test sample scored at the end
     threads: int = Field(default=2, gt=0)
     command: str | None = None  # the command line that ran this, recorded in the weights' config
+    # Start from these weights (an exported folder) instead of a random projector and zero LoRA:
+    # a second stage that continues a finished run under another mix or more steps.
+    init_from: Path | None = None
 
     @field_validator("mix", mode="before")
     @classmethod
@@ -190,6 +193,8 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     # vision trunk (it does only on feature-cache misses), which would shift the global RNG.
     torch.manual_seed(config.seed)
     add_lora(vlm, config)
+    if config.init_from is not None:
+        load_initial_weights(vlm, config)
     optimizer = make_optimizer(vlm, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     start = resume(vlm, optimizer, schedule, config)
@@ -459,6 +464,22 @@ def load_trainable_state(vlm: EmbeddedVLM, state: dict[str, torch.Tensor]) -> No
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(vlm.peft_model, lora)
+
+
+def load_initial_weights(vlm: EmbeddedVLM, config: AlignConfig) -> None:
+    """The trainable state of ``config.init_from``, after checking it reads images the same way."""
+    from sdrt.models.embedded import read_weights
+
+    assert config.init_from is not None
+    described, tensors = read_weights(config.init_from)
+    theirs = VisionSpec.from_config(described)
+    if theirs != config.vision:
+        raise DataError(f"{config.init_from} reads images as {theirs}, this run as {config.vision}")
+    lora = described.get("lora") or {}
+    if lora and (lora.get("r"), lora.get("alpha")) != (config.lora_rank, config.lora_alpha):
+        raise DataError(f"{config.init_from} has LoRA {lora}; this run has r={config.lora_rank}")
+    load_trainable_state(vlm, tensors)
+    note(config, f"initialised from {config.init_from}")
 
 
 def run_fingerprint(config: AlignConfig) -> dict[str, Any]:
