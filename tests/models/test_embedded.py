@@ -497,3 +497,10 @@ def test_alignment_can_start_from_exported_weights(user_cache, tmp_path, monkeyp
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
     with pytest.raises(DataError, match="reads images"):
         alignment.align(config(tmp_path / "third", init_from=first, grid=7))
+
+
+def test_alignment_fingerprint_names_init_from_only_when_set(tmp_path):
+    from sdrt.models import align as alignment
+
+    assert "init_from" not in alignment.run_fingerprint(alignment.AlignConfig())  # old checkpoints resume
+    assert alignment.run_fingerprint(alignment.AlignConfig(init_from=tmp_path))["init_from"] == str(tmp_path)

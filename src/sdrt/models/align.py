@@ -483,10 +483,15 @@ def load_initial_weights(vlm: EmbeddedVLM, config: AlignConfig) -> None:
 
 
 def run_fingerprint(config: AlignConfig) -> dict[str, Any]:
-    """The settings a checkpoint must share with the run that resumes it."""
-    return config.model_dump(
-        mode="json", exclude={"out", "checkpoint_every", "log_every", "eval_questions", "threads", "command"}
-    )
+    """The settings a checkpoint must share with the run that resumes it.
+
+    ``init_from`` counts only when set, so a run that starts from scratch has the fingerprint
+    it had before the option existed (and its checkpoints stay resumable).
+    """
+    excluded = {"out", "checkpoint_every", "log_every", "eval_questions", "threads", "command"}
+    if config.init_from is None:
+        excluded.add("init_from")
+    return config.model_dump(mode="json", exclude=excluded)
 
 
 def save_checkpoint(
