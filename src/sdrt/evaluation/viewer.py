@@ -19,6 +19,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from html import escape as html_escape
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -352,12 +353,8 @@ def render_page(data: dict[str, Any]) -> str:
         html.replace("/*SDRT:STYLE*/", css)
         .replace("/*SDRT:SCRIPT*/", js)
         .replace("/*SDRT:DATA*/", blob)
-        .replace("<!--SDRT:TITLE-->", _escape_html(data["title"]))
+        .replace("<!--SDRT:TITLE-->", html_escape(data["title"], quote=False))
     )
-
-
-def _escape_html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def write_viewer(
