@@ -10,6 +10,8 @@
 #    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers;
 # 3. evaluation: direct, the K = 7 ensemble and every adapter on the same N_EVAL questions of
 #    SPLIT, with paired intervals against direct (results.json of each folder).
+# Every stage runs the embedded model in bfloat16 (the configs' dtype, --dtype here), the same
+# precision for direct answers, the ensemble and every adapter.
 # A killed run picks up where it stopped: traces and distillation resume, finished evaluations
 # are kept.
 set -euo pipefail
@@ -21,10 +23,13 @@ STEPS=${STEPS:-600}
 SDRT=${SDRT:-.venv/bin/sdrt}
 PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall
 EVAL=(--benchmark scenes --benchmark scenes-single-hop --benchmark easy-vqa --split "$SPLIT" --limit "$N_EVAL"
-      --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16)
+      --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
 
 for source in scenes easy-vqa; do
     $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
+done
+for source in scenes easy-vqa; do  # pseudo-labels against references: measured, never trained on
+    $SDRT label-quality "$WORK/traces-$source" --out "$WORK/label-quality-$source.json"
 done
 traces=(--traces "$WORK/traces-scenes" --traces "$WORK/traces-easy-vqa")
 cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")

@@ -1,6 +1,6 @@
 """The embedded testbed on held-out scenes: perception, step-1 analyses, and the reasoning gap.
 
-    python scripts/testbed_eval.py --split test --n 500 [--weights DIR] [--out FILE.json]
+    python scripts/testbed_eval.py --split test --n 500 [--weights DIR] [--dtype bfloat16] [--out FILE.json]
 
 Perception: easy-vqa (direct), single-hop scene questions (direct) and scene descriptions
 (object accuracy). Analyses: for every scene prompt the weights were aligned on, its step-1
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--analysis-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="the language model's precision"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the full results here (JSON)")
     parser.add_argument("--skip-perception", action="store_true")
     parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
@@ -181,13 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     if not skills:
         print(f"error: {folder} was not aligned on analysis prompts; nothing to reason with", file=sys.stderr)
         return 2
-    vlm = EmbeddedVLM.load(weights_dir=folder)
+    vlm = EmbeddedVLM.load(weights_dir=folder, dtype=getattr(torch, args.dtype))
     began = time.perf_counter()
     result = {
         "command": "python scripts/testbed_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": args.split,
         "seed": args.seed,
         "weights": vlm.weights_info,
+        "dtype": args.dtype,
     }
     if not args.skip_perception:
         result["perception"] = perception(vlm, args)

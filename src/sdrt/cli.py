@@ -313,6 +313,25 @@ def _own_benchmarks(files: list[Path], metric: str | None, layout: str | None, t
     return [Benchmark.from_file(f, metric, layout=layout, task_type=task_type) for f in files]
 
 
+@app.command(name="label-quality")
+def label_quality(
+    traces_dir: Annotated[Path, typer.Argument(help="trace folder from `sdrt traces`")],
+    metric: Annotated[str, typer.Option(help="metric to score labels with")] = "exact_match",
+    out: Annotated[Path | None, typer.Option(help="also write the report here (JSON)")] = None,
+) -> None:
+    """Pseudo-label accuracy against the references (never trained on), per prompt and threshold."""
+    import json
+
+    from sdrt.evaluation.label_quality import label_quality as measure
+    from sdrt.evaluation.label_quality import print_label_quality
+
+    report = measure(traces_dir, metric)
+    print_label_quality(report, traces_dir)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+
+
 @app.command()
 def view(
     traces_dirs: Annotated[list[Path], typer.Argument(help="trace folders from `sdrt traces`")],

@@ -72,6 +72,24 @@ def test_lora_sft_learns_the_pseudo_labels_and_reloads_exactly(own_model, trace_
     assert not torch.allclose(reloaded, untouched)
 
 
+def test_lora_on_a_bfloat16_model_keeps_float32_weights_that_train():
+    from sdrt.models.registry import LoadOptions, load_model
+
+    model = load_model("tiny:llava", LoadOptions(dtype="bfloat16"))
+    adapter = LoRAAdapter.for_model(model, rank=4)
+    assert {p.dtype for p in adapter.parameters()} == {torch.float32}
+    with adapter.attached(model):
+        base = logits(model)
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.add_(0.05)
+        edited = model.score([Image.new("RGB", (32, 32), "red")], ["What color?"], ["red"])
+        edited.answer_logits.float().sum().backward()
+    assert edited.answer_logits.dtype == torch.bfloat16  # outputs keep the model's dtype
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.parameters())
+    assert base.dtype == torch.bfloat16
+
+
 def test_lora_adapter_refuses_another_model(own_model, tmp_path):
     from sdrt.adapters.files import save_adapter
 

@@ -504,3 +504,25 @@ def test_alignment_fingerprint_names_init_from_only_when_set(tmp_path):
 
     assert "init_from" not in alignment.run_fingerprint(alignment.AlignConfig())  # old checkpoints resume
     assert alignment.run_fingerprint(alignment.AlignConfig(init_from=tmp_path))["init_from"] == str(tmp_path)
+
+
+def test_bfloat16_runs_the_language_model_in_bfloat16_and_keeps_the_config_hash(vlm, images):
+    from sdrt.models.embedded import WEIGHTS_DIR, WEIGHTS_FILE, EmbeddedVLM
+
+    untrained = not (WEIGHTS_DIR / WEIGHTS_FILE).is_file()
+    half = EmbeddedVLM.load(untrained=untrained, feature_cache=False, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.lm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half.projector.parameters()} == {torch.float32}
+    assert half.config_hash == vlm.config_hash  # an adapter loads in either precision
+    prompts = [[("user", PROMPTS[0])]] * 2
+    out = half.score(images, prompts, ["red", "blue"], layers=[3])
+    assert out.hidden_states[3].dtype == torch.bfloat16
+    full = vlm.score(images, prompts, ["red", "blue"])
+
+    # Same model, another precision: the answers' log-probs agree to bfloat16's resolution.
+    def answer_logprobs(output):
+        logp = output.answer_logits.float().log_softmax(-1).gather(-1, output.answer_ids.unsqueeze(-1))
+        return logp.squeeze(-1)[output.answer_token_mask]
+
+    assert torch.allclose(answer_logprobs(out), answer_logprobs(full), atol=0.5)
+    assert [g.text for g in half.generate(images, prompts, max_new_tokens=6)]

@@ -45,8 +45,10 @@ def test_device_map_and_attention_kernel_reach_transformers(monkeypatch):
 
 
 def test_embedded_model_refuses_other_placements():
-    with pytest.raises(ModelError, match="float32"):
-        load_model("embedded", LoadOptions(dtype="bfloat16"))
+    with pytest.raises(ModelError, match="bfloat16"):
+        load_model("embedded", LoadOptions(dtype="float16"))
+    with pytest.raises(ModelError, match="device-map"):
+        load_model("embedded", LoadOptions(device_map="auto"))
 
 
 def test_bad_placement_values_are_one_clear_error():

@@ -71,6 +71,8 @@ class LoRAAdapter:
         inject_adapter_in_model(lora, model.decoder_layers)
         model.decoder_layers.to(model.device)
         self._layers = [m for m in model.decoder_layers.modules() if _is_lora_layer(m)]
+        for parameter in self.parameters():  # PEFT builds them in the base layer's dtype
+            parameter.data = parameter.data.float()  # fp32 like SDRT adapters; PEFT casts inputs to them
         self._set_enabled(False)
 
     @classmethod

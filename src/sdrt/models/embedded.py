@@ -158,11 +158,16 @@ class EmbeddedVLM(VisionLanguageModel):
         vision: VisionSpec | None = None,
         feature_cache: bool = True,
         seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ) -> EmbeddedVLM:
         """Load the language model, vision trunk and trained projector (+ merged LoRA).
 
         ``untrained=True`` builds a seeded random projector for ``vision`` instead (alignment
         starts there); trained weights carry their own vision settings in their config.
+        ``dtype=torch.bfloat16`` casts the language model (after the LoRA merge) and runs its
+        matmuls in bfloat16, as alignment's autocast did; on CPUs with AMX or AVX512-BF16 this
+        is the fast path for generation. The small projector stays in float32. As for every
+        backend, the config hash ignores the dtype (an adapter loads in either precision).
         """
         lm, tokenizer = load_smollm(device)
         hidden = int(lm.config.hidden_size)
@@ -171,7 +176,7 @@ class EmbeddedVLM(VisionLanguageModel):
             spec = vision or VisionSpec()
             torch.manual_seed(seed)
             return cls(
-                lm,
+                lm.to(dtype),
                 tokenizer,
                 spec.projector(hidden),
                 spec.encoder(device, cache),
@@ -191,6 +196,7 @@ class EmbeddedVLM(VisionLanguageModel):
             **spec.as_dict(),
             "lora": config.get("lora"),
         }
+        lm.to(dtype)
         return cls(lm, tokenizer, projector, spec.encoder(device, cache), device=device, weights_info=info)
 
     # --- interface ---------------------------------------------------------------------------

@@ -31,13 +31,16 @@ def load_model(
         update={k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
     )
     if name == "embedded":
+        import torch
+
         from sdrt.models.embedded import EmbeddedVLM
 
-        if options.dtype != "float32" or options.device_map or options.attn_implementation:
+        if options.dtype == "float16" or options.device_map or options.attn_implementation:
             raise ModelError(
-                "the embedded model runs in float32 on one device; drop --dtype/--device-map/--attn"
+                "the embedded model runs in float32 or bfloat16 on one device; "
+                "drop --device-map/--attn and use --dtype float32|bfloat16"
             )
-        return EmbeddedVLM.load(device=options.device)
+        return EmbeddedVLM.load(device=options.device, dtype=getattr(torch, options.dtype))
     from sdrt.models.hf import HFVisionLanguageModel
 
     if name.startswith("tiny:"):
