@@ -80,24 +80,24 @@ def _metadata(row: Row, layout_name: str, names: tuple[str, ...]) -> dict[str, A
     return {"dataset": layout_name, "split": row.split, **kept}
 
 
-def _docvqa(row: Row) -> dict[str, Any]:
-    names = ("question_types", "docId", "ucsf_document_id", "ucsf_document_page_no", "data_split")
-    return {
-        "id": f"docvqa/{row.values['questionId']}",
-        "question": row.values["question"],
-        "answers": _str_list(row.values["answers"]),
-        "metadata": _metadata(row, "docvqa", names),
-    }
+def _by_question_id(dataset: str, names: tuple[str, ...]) -> Callable[[Row], dict[str, Any]]:
+    """DocVQA and InfographicVQA rows: the same fields, ids from ``questionId``."""
+
+    def record(row: Row) -> dict[str, Any]:
+        return {
+            "id": f"{dataset}/{row.values['questionId']}",
+            "question": row.values["question"],
+            "answers": _str_list(row.values["answers"]),
+            "metadata": _metadata(row, dataset, names),
+        }
+
+    return record
 
 
-def _infovqa(row: Row) -> dict[str, Any]:
-    names = ("answer_type", "operation/reasoning", "image_url", "data_split")
-    return {
-        "id": f"infovqa/{row.values['questionId']}",
-        "question": row.values["question"],
-        "answers": _str_list(row.values["answers"]),
-        "metadata": _metadata(row, "infovqa", names),
-    }
+_docvqa = _by_question_id(
+    "docvqa", ("question_types", "docId", "ucsf_document_id", "ucsf_document_page_no", "data_split")
+)
+_infovqa = _by_question_id("infovqa", ("answer_type", "operation/reasoning", "image_url", "data_split"))
 
 
 def _chartqa(row: Row) -> dict[str, Any]:

@@ -238,28 +238,24 @@ def _answer(flag: bool) -> str:
 # Single-hop: one lookup or one filter.
 
 
-def _colour_of_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
-    refs = view.shape_refs()
-    if not refs:
-        return None
-    ref = rng.choice(refs)
-    return SceneQuestion(f"What color is {ref.phrase}?", ref.target.colour, "colour_of_shape", 1)
+def _lookup(refs: str, attribute: str, template: str, question_type: str) -> QuestionMaker:
+    """One attribute of an object named by ``refs`` ("shape_refs" or "colour_refs")."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        found = getattr(view, refs)()
+        if not found:
+            return None
+        ref = rng.choice(found)
+        return SceneQuestion(
+            template.format(ref=ref.phrase), getattr(ref.target, attribute), question_type, 1
+        )
+
+    return make
 
 
-def _shape_of_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
-    refs = view.colour_refs()
-    if not refs:
-        return None
-    ref = rng.choice(refs)
-    return SceneQuestion(f"What shape is {ref.phrase}?", ref.target.shape, "shape_of_colour", 1)
-
-
-def _size_of_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
-    refs = view.colour_refs()
-    if not refs:
-        return None
-    ref = rng.choice(refs)
-    return SceneQuestion(f"What size is {ref.phrase}?", ref.target.size, "size_of_colour", 1)
+_colour_of_shape = _lookup("shape_refs", "colour", "What color is {ref}?", "colour_of_shape")
+_shape_of_colour = _lookup("colour_refs", "shape", "What shape is {ref}?", "shape_of_colour")
+_size_of_colour = _lookup("colour_refs", "size", "What size is {ref}?", "size_of_colour")
 
 
 def _count_all(view: _View, rng: random.Random) -> SceneQuestion | None:
@@ -277,65 +273,65 @@ def _count_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
     return SceneQuestion(f"How many {colour} shapes are there?", answer, "count_colour", 1)
 
 
-def _exists_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
-    present = sorted(view.shape_counts)
-    picked = _yes_no(rng, present, [s for s in SHAPES if s not in present])
-    if picked is None:
-        return None
-    flag, shape = picked
-    return SceneQuestion(f"Is there a {shape}?", _answer(flag), "exists_shape", 1)
+def _exists(counts: str, universe: tuple[str, ...], template: str, question_type: str) -> QuestionMaker:
+    """Whether a shape or colour is present; yes and no equally likely where both can be asked."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        present = sorted(getattr(view, counts))
+        picked = _yes_no(rng, present, [v for v in universe if v not in present])
+        if picked is None:
+            return None
+        flag, value = picked
+        return SceneQuestion(template.format(value), _answer(flag), question_type, 1)
+
+    return make
 
 
-def _exists_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
-    present = sorted(view.colour_counts)
-    picked = _yes_no(rng, present, [c for c in COLOURS if c not in present])
-    if picked is None:
-        return None
-    flag, colour = picked
-    return SceneQuestion(f"Is there a {colour} shape?", _answer(flag), "exists_colour", 1)
+_exists_shape = _exists("shape_counts", SHAPES, "Is there a {}?", "exists_shape")
+_exists_colour = _exists("colour_counts", tuple(COLOURS), "Is there a {} shape?", "exists_colour")
 
 
-def _colour_at_end(view: _View, rng: random.Random) -> SceneQuestion | None:
-    end = rng.choice(("leftmost", "rightmost"))
-    obj = view.objects[0] if end == "leftmost" else view.objects[-1]
-    return SceneQuestion(f"What color is the {end} shape?", obj.colour, "colour_at_end", 1)
+def _at_end(attribute: str, template: str, question_type: str) -> QuestionMaker:
+    """An attribute of the leftmost or rightmost object."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        end = rng.choice(("leftmost", "rightmost"))
+        obj = view.objects[0] if end == "leftmost" else view.objects[-1]
+        return SceneQuestion(template.format(end), getattr(obj, attribute), question_type, 1)
+
+    return make
 
 
-def _shape_at_end(view: _View, rng: random.Random) -> SceneQuestion | None:
-    end = rng.choice(("leftmost", "rightmost"))
-    obj = view.objects[0] if end == "leftmost" else view.objects[-1]
-    return SceneQuestion(f"What shape is the {end} object?", obj.shape, "shape_at_end", 1)
+_colour_at_end = _at_end("colour", "What color is the {} shape?", "colour_at_end")
+_shape_at_end = _at_end("shape", "What shape is the {} object?", "shape_at_end")
 
 
 # Multi-hop: resolve a reference, then follow a relation or compare, then read an attribute.
 
 
-def _colour_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
-    cases = [
-        (ref, d, other)
-        for ref in view.references
-        for d in ("left", "right")
-        if (other := view.beside(ref.target, d)) is not None
-    ]
-    if not cases:
-        return None
-    ref, direction, other = rng.choice(cases)
-    text = f"What color is the shape directly to the {direction} of {ref.phrase}?"
-    return SceneQuestion(text, other.colour, "colour_beside", 2)
+def _beside(attribute: str, template: str, question_type: str) -> QuestionMaker:
+    """An attribute of the object directly left or right of a named one (two hops)."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        cases = [
+            (ref, d, other)
+            for ref in view.references
+            for d in ("left", "right")
+            if (other := view.beside(ref.target, d)) is not None
+        ]
+        if not cases:
+            return None
+        ref, direction, other = rng.choice(cases)
+        text = template.format(direction=direction, ref=ref.phrase)
+        return SceneQuestion(text, getattr(other, attribute), question_type, 2)
+
+    return make
 
 
-def _shape_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
-    cases = [
-        (ref, d, other)
-        for ref in view.references
-        for d in ("left", "right")
-        if (other := view.beside(ref.target, d)) is not None
-    ]
-    if not cases:
-        return None
-    ref, direction, other = rng.choice(cases)
-    text = f"What shape is directly to the {direction} of {ref.phrase}?"
-    return SceneQuestion(text, other.shape, "shape_beside", 2)
+_colour_beside = _beside(
+    "colour", "What color is the shape directly to the {direction} of {ref}?", "colour_beside"
+)
+_shape_beside = _beside("shape", "What shape is directly to the {direction} of {ref}?", "shape_beside")
 
 
 def _shape_next_to(view: _View, rng: random.Random) -> SceneQuestion | None:
