@@ -23,16 +23,14 @@ from pathlib import Path
 import torch
 from transformers import (
     GenerationConfig,
-    Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessorPil,
 )
 
 from benchmarks import answering, distill_step, trace_generation
 from benchmarks.common import Figure, Sizes, make_inputs, set_threads
-from sdrt.models.hf import HFVisionLanguageModel, ImageOnlyQwen2VLProcessor
+from sdrt.models.hf import HFVisionLanguageModel
 from sdrt.models.registry import LoadOptions
-from sdrt.models.tiny import build_tokenizer
+from sdrt.models.tiny import build_tokenizer, qwen2_vl_parts
 
 
 @dataclass(frozen=True)
@@ -62,10 +60,8 @@ SCALES = {
 }
 
 
-def qwen2_vl_config(scale: Scale, tok) -> Qwen2VLConfig:
-    head_dim = scale.hidden // scale.heads
-    if sum(scale.mrope_section) != head_dim // 2:
-        raise ValueError(f"mrope_section {scale.mrope_section} must sum to head_dim / 2 = {head_dim // 2}")
+def qwen2_vl_parts_at(scale: Scale, tok) -> tuple:
+    """Qwen2-VL's config and processor at ``scale`` (random weights are built from them)."""
     text = {
         "vocab_size": max(scale.vocab, len(tok)),
         "hidden_size": scale.hidden,
@@ -91,40 +87,22 @@ def qwen2_vl_config(scale: Scale, tok) -> Qwen2VLConfig:
         "hidden_size": scale.hidden,
         "num_heads": scale.vision_heads,
         "mlp_ratio": 4,
-        "patch_size": scale.patch,
-        "spatial_merge_size": scale.merge,
-        "temporal_patch_size": 2,
     }
-    ids = tok.convert_tokens_to_ids
-    return Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
+    pixels = (scale.image_pixels, scale.image_pixels)
+    return qwen2_vl_parts(
+        tok, text, vision, pixels=pixels, patch=scale.patch, merge=scale.merge, tie_word_embeddings=True
     )
 
 
 def build_folder(scale: Scale, out: Path, device: str, dtype: torch.dtype) -> Path:
     """Random weights (built on ``device``, which is fast on a GPU) saved with their processor."""
     tok = build_tokenizer("qwen2-vl")
-    config = qwen2_vl_config(scale, tok)
+    config, processor = qwen2_vl_parts_at(scale, tok)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-    )
-    image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": scale.image_pixels, "longest_edge": scale.image_pixels},
-        patch_size=scale.patch,
-        temporal_patch_size=2,
-        merge_size=scale.merge,
-    )
-    processor = ImageOnlyQwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -4,42 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from sdrt.data import load_records
+from sdrt.config import TraceConfig
 from sdrt.models.tiny import load_tiny_model
-from sdrt.prompts.library import PromptLibrary
-from sdrt.reasoning.modes import GenerationBudget
-from sdrt.traces.generate import generate_traces
-from sdrt.traces.store import TraceStore
+from sdrt.traces.job import run_trace_job
 
 
 def make_trace_dir(
     out: Path, model, source: str = "easy-vqa", prompts_yaml: Path | None = None, limit: int = 8
 ) -> Path:
-    """Traces of two scene prompts on ``limit`` training questions, as ``sdrt traces`` writes them."""
-    library = PromptLibrary.load(prompts_yaml)
-    records = load_records(source, split="train", limit=limit, seed=0)
-    prompts = library.select(task_type="scene", k=2)
-    store = TraceStore(out)
-    store.check_or_write_manifest(
-        {
-            "model": "tiny:llava",
-            "model_config_hash": model.config_hash,
-            "data": {"source": source, "split": "train", "limit": limit, "seed": 0, "layout": None},
-            "prompt_ids": [p.id for p in prompts],
-            "prompt_library_hash": library.content_hash,
-            "prompts_yaml": str(prompts_yaml) if prompts_yaml else None,
-        }
-    )
-    generate_traces(
-        model,
-        records,
-        prompts,
-        store,
-        source=f"{source}:train",
-        library_hash=library.content_hash,
+    """Traces of two scene prompts on ``limit`` training questions, written by ``sdrt traces``' job."""
+    config = TraceConfig(
+        model="tiny:llava",
+        data={"source": source, "split": "train", "limit": limit, "seed": 0},
+        prompts_yaml=prompts_yaml,
+        k=2,
         batch_size=4,
-        budget=GenerationBudget(analysis_tokens=8, answer_tokens=3),
+        analysis_tokens=8,
+        answer_tokens=3,
+        out=out,
     )
+    run_trace_job(config, model)
     return out
 
 

@@ -3,43 +3,30 @@
 import pytest
 
 from sdrt.adapters.files import load_adapter
-from sdrt.data import load_records
+from sdrt.config import TraceConfig
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import run_distillation
 from sdrt.models.tiny import load_tiny_model
-from sdrt.prompts.library import PromptLibrary, direct_prompt
-from sdrt.reasoning.modes import GenerationBudget
-from sdrt.traces.generate import generate_traces
+from sdrt.prompts.library import direct_prompt
+from sdrt.traces.job import run_trace_job
 from sdrt.traces.store import TraceStore
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "idefics3"])
 def test_pipeline_on_family(family, tmp_path):
     model = load_tiny_model(family)
-    library = PromptLibrary.load()
-    records = load_records("scenes", split="train", limit=4, seed=0)
-    prompts = library.select(task_type="scene", k=2)
-    store = TraceStore(tmp_path / "traces")
-    store.check_or_write_manifest(
-        {
-            "model": f"tiny:{family}",
-            "model_config_hash": model.config_hash,
-            "data": {"source": "scenes", "split": "train", "limit": 4, "seed": 0, "layout": None},
-            "prompt_ids": [p.id for p in prompts],
-            "prompt_library_hash": library.content_hash,
-        }
-    )
-    generate_traces(
-        model,
-        records,
-        prompts,
-        store,
-        source="scenes:train",
-        library_hash=library.content_hash,
+    traces = TraceConfig(
+        model=f"tiny:{family}",
+        data={"source": "scenes", "split": "train", "limit": 4, "seed": 0},
+        k=2,
         batch_size=2,
-        budget=GenerationBudget(analysis_tokens=6, answer_tokens=3),
+        analysis_tokens=6,
+        answer_tokens=3,
+        out=tmp_path / "traces",
     )
+    run_trace_job(traces, model)
+    store = TraceStore(tmp_path / "traces")
     assert store.read().num_rows == 8
 
     config = DistillConfig(

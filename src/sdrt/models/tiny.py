@@ -221,42 +221,57 @@ def _build_llava(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Process
 
 
 def _build_qwen2_vl(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
-    head_dim = HIDDEN_SIZE // NUM_HEADS
     text = _text_config(tok) | {
         # mrope splits the rotary half-dimension into (temporal, height, width) sections.
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
     }
-    if sum(text["rope_parameters"]["mrope_section"]) != head_dim // 2:
-        raise ModelError("qwen2-vl tiny config: mrope_section must sum to head_dim / 2")
-    vision = {
-        "depth": 2,
-        "embed_dim": 32,
-        "hidden_size": HIDDEN_SIZE,
-        "num_heads": 2,
-        "patch_size": 4,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": HIDDEN_SIZE, "num_heads": 2}
+    # At most 32x32 px -> a grid of 8x8 patches of 4 px -> 16 image tokens after the 2x2 merge.
+    config, processor = qwen2_vl_parts(tok, text, vision, pixels=(16 * 16, 32 * 32), patch=4, merge=2)
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+def qwen2_vl_parts(
+    tok: PreTrainedTokenizerFast,
+    text: dict,
+    vision: dict,
+    *,
+    pixels: tuple[int, int],
+    patch: int,
+    merge: int,
+    **config: object,
+) -> tuple[Qwen2VLConfig, ImageOnlyQwen2VLProcessor]:
+    """A Qwen2-VL config and its processor from text and vision sizes (tests, GPU benchmark).
+
+    ``pixels`` is the image processor's (fewest, most) pixels; ``config`` passes further
+    top-level fields (e.g. ``tie_word_embeddings``).
+    """
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    section = text["rope_parameters"]["mrope_section"]
+    if sum(section) != head_dim // 2:
+        raise ModelError(
+            f"qwen2-vl config: mrope_section {section} must sum to head_dim / 2 = {head_dim // 2}"
+        )
     ids = tok.convert_tokens_to_ids
-    config = Qwen2VLConfig(
+    qwen_config = Qwen2VLConfig(
         text_config=text,
-        vision_config=vision,
+        vision_config=vision | {"patch_size": patch, "spatial_merge_size": merge, "temporal_patch_size": 2},
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
+        **config,
     )
-    # At most 32x32 px -> a grid of 8x8 patches of 4 px -> 16 image tokens after the 2x2 merge.
     image_processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32},
-        patch_size=4,
+        size={"shortest_edge": pixels[0], "longest_edge": pixels[1]},
+        patch_size=patch,
         temporal_patch_size=2,
-        merge_size=2,
+        merge_size=merge,
     )
     processor = ImageOnlyQwen2VLProcessor(
         image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
-    return Qwen2VLForConditionalGeneration(config), processor
+    return qwen_config, processor
 
 
 def _build_idefics3(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, ProcessorMixin]:
