@@ -372,3 +372,73 @@ def test_missing_folder_and_bad_dtype_raise(tmp_path: Path):
 def test_unknown_tiny_family_raises():
     with pytest.raises(ModelError, match="tiny:foo"):
         load_model("tiny:foo")
+
+
+# --- step 2 continues step 1's KV cache --------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_tokens", [10, 2])  # 2: every analysis cut at the budget
+def test_two_step_generation_continues_the_cache_and_matches_recomputation(
+    tiny_model, image, other_image, first_tokens, monkeypatch
+):
+    from sdrt.models.base import VisionLanguageModel
+    from sdrt.prompts.library import PromptLibrary
+
+    library = PromptLibrary.builtin()
+    prompts = [library.get(i) for i in ("image_description", "counting")]
+    rows = [(picture, prompt) for picture in (image, other_image) for prompt in prompts]
+    question = "What color is the circle?"
+    first = [prompt.step1(question) for _, prompt in rows]
+
+    def follow_up(analyses):
+        return [prompt.step2(question, a.text) for (_, prompt), a in zip(rows, analyses, strict=True)]
+
+    encoded = tiny_model.encode_images([picture for picture, _ in rows])
+    continued_rows = []
+    real = tiny_model._continue
+    monkeypatch.setattr(
+        tiny_model,
+        "_continue",
+        lambda batch, cache, fed, plans, n: (
+            continued_rows.append(sum(p is not None for p in plans)) or real(batch, cache, fed, plans, n)
+        ),
+    )
+    kwargs = dict(first_tokens=first_tokens, second_tokens=5)
+    continued = tiny_model.generate_two_step(encoded, first, follow_up, **kwargs)
+    recomputed = VisionLanguageModel.generate_two_step(tiny_model, encoded, first, follow_up, **kwargs)
+    assert continued_rows and continued_rows[0] > 0  # the cache path ran, not only the fallback
+    for mine, plain in zip(continued, recomputed, strict=True):
+        assert [g.token_ids for g in mine] == [g.token_ids for g in plain]
+        for a, b in zip(mine, plain, strict=True):
+            torch.testing.assert_close(a.token_logprobs, b.token_logprobs, atol=2e-4, rtol=0)
+
+
+def test_two_step_generation_recomputes_while_a_hook_is_attached(tiny_model, image, monkeypatch):
+    calls = []
+    real = tiny_model.generate
+    monkeypatch.setattr(tiny_model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with tiny_model.add_layer_hook(0, lambda layer, hidden, layout: None):
+        tiny_model.generate_two_step(
+            [image],
+            [SHORT],
+            lambda a: [[("user", SHORT), ("assistant", a[0].text), ("user", "So?")]],
+            first_tokens=3,
+            second_tokens=2,
+        )
+    assert len(calls) == 2  # both steps through the plain path, where hooks see whole forwards
+
+
+@pytest.mark.parametrize(
+    ("second", "analysis", "fed", "expected"),
+    [
+        ([1, 2, 7, 8, 9, 5], [7, 8, 0], 3, ([9, 5], 2)),  # the stop token 0 is not what step 2 writes
+        ([1, 2, 7, 8, 9, 5], [7, 8, 9], 2, ([9, 5], 2)),  # the last analysis token never went in
+        ([1, 2, 6, 8, 9], [7, 8], 2, ([6, 8, 9], 0)),  # step 2 re-tokenized the analysis: start over
+        ([1, 3, 7, 8], [7, 8], 2, None),  # step 2 does not start with step 1's prompt
+        ([1, 2, 7, 8], [7, 8], 2, None),  # nothing after the analysis to predict an answer from
+    ],
+)
+def test_continuation_keeps_what_the_cache_and_step_2_share(second, analysis, fed, expected):
+    from sdrt.models.hf import _continuation
+
+    assert _continuation([1, 2], second, analysis, fed) == expected

@@ -279,6 +279,10 @@ class VisionLanguageModel(ABC):
 
         return self.decoder_layers[layer].register_forward_hook(torch_hook)
 
+    def _hooked(self) -> bool:
+        """Whether a layer hook is attached: such hooks expect whole forwards (cache paths skip)."""
+        return any(layer._forward_hooks for layer in self.decoder_layers)
+
     def current_layout(self, hidden: torch.Tensor) -> TokenLayout:
         """The layout of the forward now running: the prefill's, or one decode step."""
         layout = self._layout

@@ -364,10 +364,6 @@ class EmbeddedVLM(VisionLanguageModel):
                 answers[b] = generation
         return analyses, [a for a in answers if a is not None]
 
-    def _hooked(self) -> bool:
-        """Whether a layer hook is attached (hooks expect one prefill holding the image)."""
-        return any(layer._forward_hooks for layer in self.decoder_layers)
-
     def _start_shared(self, images: Sequence[ImageInput], prompts: Sequence[Prompt]) -> _DecodeState:
         """Prefill the rows, computing each shared (image, text before it) prefix only once.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
+    DynamicCache,
     PreTrainedModel,
     ProcessorMixin,
     Qwen2_5_VLConfig,
@@ -502,6 +503,72 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 return_dict_in_generate=True,
                 output_logits=True,
             )
+        return self._generations(out, prompt_len, eos_ids)
+
+    @torch.no_grad()
+    def generate_two_step(
+        self,
+        images: Sequence[ImageInput],
+        first: Sequence[Prompt],
+        follow_up: Callable[[list[Generation]], Sequence[Prompt]],
+        *,
+        first_tokens: int,
+        second_tokens: int,
+    ) -> tuple[list[Generation], list[Generation]]:
+        """Greedy step 1 by ``generate``, then step 2 continues its KV cache.
+
+        Step 2 replays step 1 as earlier turns, so its token ids start with step 1's prompt; a
+        row feeds only what follows the longest stretch of its analysis that step 2 repeats
+        and the cache holds. Cache slots after that (padding fed after a row stopped, a stop
+        token the template writes otherwise) are masked, and positions continue each row's
+        own count (for Qwen2-VL's multimodal rotary positions, all sections alike, as text
+        after the image gets). Rows whose step 2 does not start with step 1's prompt, and
+        every row while a layer hook is attached (hooks expect whole forwards), are generated
+        from scratch as the base class does.
+        """
+        if self._hooked():
+            return super().generate_two_step(
+                images, first, follow_up, first_tokens=first_tokens, second_tokens=second_tokens
+            )
+        features = self._features(images)  # each image encoded once, for both steps
+        encoded = [EncodedImage(BACKEND, f, source=None) for f in features]
+        batch = self._build_batch(encoded, first, [[] for _ in first])
+        prompt_len = batch.layout.seq_len
+        cache = DynamicCache(config=self.model.config)
+        eos_ids = self.eos_token_ids
+        out = self.model.generate(
+            **batch.model_inputs,
+            max_new_tokens=first_tokens,
+            do_sample=False,
+            eos_token_id=eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            cache=cache,
+        )
+        analyses = self._generations(out, prompt_len, eos_ids)
+        second = list(follow_up(analyses))
+        fed = out.sequences.shape[1] - prompt_len - 1  # the last new token never went in
+        plans = [
+            _continuation(self._prompt_ids(f_prompt, f), self._prompt_ids(s_prompt, f), a.token_ids, fed)
+            for f_prompt, s_prompt, f, a in zip(first, second, features, analyses, strict=True)
+        ]
+        answers: list[Generation | None] = [None] * len(second)
+        rows = [b for b, plan in enumerate(plans) if plan is not None]
+        if rows:
+            continued = self._continue(batch, cache, fed, plans, second_tokens)
+            for b in rows:
+                answers[b] = continued[b]
+        rest = [b for b, plan in enumerate(plans) if plan is None]
+        if rest:
+            fresh = self.generate(
+                [encoded[b] for b in rest], [second[b] for b in rest], max_new_tokens=second_tokens
+            )
+            for b, generation in zip(rest, fresh, strict=True):
+                answers[b] = generation
+        return analyses, [a for a in answers if a is not None]
+
+    def _generations(self, out: Any, prompt_len: int, eos_ids: list[int]) -> list[Generation]:
         new_ids = out.sequences[:, prompt_len:]  # (B, N)
         logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # (B, N, V)
         chosen = logprobs.gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)  # (B, N)
@@ -509,6 +576,64 @@ class HFVisionLanguageModel(VisionLanguageModel):
             self._generation(ids, lp, eos_ids)
             for ids, lp in zip(new_ids.tolist(), chosen.tolist(), strict=True)
         ]
+
+    def _continue(
+        self,
+        batch: _Batch,
+        cache: Any,
+        fed: int,
+        plans: list[tuple[list[int], int] | None],
+        max_new_tokens: int,
+    ) -> list[Generation]:
+        """Prefill each row's new step-2 tokens after its cached ones, then decode greedily."""
+        size = len(plans)
+        prompt_mask = batch.model_inputs["attention_mask"]  # (B, P)
+        history = torch.cat([prompt_mask, prompt_mask.new_ones(size, fed)], dim=1)  # (B, P + fed)
+        positions = batch.model_inputs.get("position_ids")
+        last = (
+            (prompt_mask.cumsum(-1) - 1)[:, -1] if positions is None else positions[..., -1]
+        )  # (B,) or (S, B)
+        pad = self.tokenizer.pad_token_id
+        width = max(len(plan[0]) if plan else 1 for plan in plans)
+        ids = torch.full((size, width), pad, dtype=torch.long)
+        block_mask = torch.zeros(size, width, dtype=torch.long)
+        offsets = torch.zeros(size, width, dtype=torch.long)  # position - last prompt position
+        for b, plan in enumerate(plans):
+            tokens, in_cache = plan if plan else ([pad], fed)
+            history[b, prompt_mask.shape[1] + in_cache :] = 0
+            ids[b, width - len(tokens) :] = torch.tensor(tokens)
+            block_mask[b, width - len(tokens) :] = 1 if plan else 0
+            offsets[b, width - len(tokens) :] = torch.arange(in_cache + 1, in_cache + 1 + len(tokens))
+        ids, block_mask, offsets = ids.to(self.device), block_mask.to(self.device), offsets.to(self.device)
+        mask = torch.cat([history, block_mask], dim=1)
+        step_positions = last.unsqueeze(-1) + offsets  # (B, W) or (S, B, W)
+        eos = torch.tensor(eos_ids := self.eos_token_ids, device=self.device)
+        chosen, chosen_logp = [], []
+        finished = torch.zeros(size, dtype=torch.bool, device=self.device)
+        for step in range(max_new_tokens):
+            logits = (
+                self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=step_positions,
+                    cache=cache,
+                    use_cache=True,
+                )
+                .logits[:, -1]
+                .float()
+            )  # (B, V)
+            token = torch.where(finished, torch.full((size,), pad, device=self.device), logits.argmax(-1))
+            chosen.append(token)
+            chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
+            finished = finished | torch.isin(token, eos)
+            if bool(finished.all()) or step + 1 == max_new_tokens:
+                break
+            ids = token[:, None]
+            mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
+            step_positions = step_positions[..., -1:] + 1
+        tokens = torch.stack(chosen, 1).tolist()
+        logprobs = torch.stack(chosen_logp, 1).tolist()
+        return [self._generation(t, lp, eos_ids) for t, lp in zip(tokens, logprobs, strict=True)]
 
     def _generation(self, ids: list[int], logprobs: list[float], eos_ids: list[int]) -> Generation:
         end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), len(ids))
@@ -608,6 +733,26 @@ def _chat_messages(conversation: list[tuple[str, str]], name: str) -> list[dict[
             image_placed = True
         messages.append({"role": role, "content": content})
     return messages
+
+
+def _continuation(
+    first_ids: list[int], second_ids: list[int], analysis: list[int], fed: int
+) -> tuple[list[int], int] | None:
+    """Row's step-2 tokens still to feed, and how many of its analysis tokens the cache keeps.
+
+    None when step 2 does not start with step 1's prompt. Of the analysis, the longest start
+    that step 2 repeats token for token and the cache holds is kept; the rest of step 2 is new.
+    """
+    start = len(first_ids)
+    if second_ids[:start] != first_ids:
+        return None
+    rest = second_ids[start:]
+    kept = 0
+    while kept < min(len(analysis), len(rest), fed) and analysis[kept] == rest[kept]:
+        kept += 1
+    if kept == len(rest):
+        return None  # step 2 adds nothing after the analysis: nothing would predict its answer
+    return rest[kept:], kept
 
 
 def _left_to_right_aligned(logits: torch.Tensor, lengths: list[int]) -> torch.Tensor:
