@@ -393,20 +393,26 @@ def test_two_step_generation_continues_the_cache_and_matches_recomputation(
     def follow_up(analyses):
         return [prompt.step2(question, a.text) for (_, prompt), a in zip(rows, analyses, strict=True)]
 
-    encoded = tiny_model.encode_images([picture for picture, _ in rows])
-    continued_rows = []
-    real = tiny_model._continue
+    pictures = tiny_model.encode_images([image, other_image])
+    encoded = [pictures[0], pictures[0], pictures[1], pictures[1]]  # as traces pass the K rows of an image
+    fed_blocks, prefix_rows = [], []
+    real_feed, real_batch = tiny_model._feed, tiny_model._batch_from_ids
     monkeypatch.setattr(
         tiny_model,
-        "_continue",
-        lambda batch, cache, fed, plans, n: (
-            continued_rows.append(sum(p is not None for p in plans)) or real(batch, cache, fed, plans, n)
+        "_feed",
+        lambda cached, blocks, n: (
+            fed_blocks.append(sum(b is not None for b in blocks)) or real_feed(cached, blocks, n)
         ),
+    )
+    monkeypatch.setattr(
+        tiny_model, "_batch_from_ids", lambda rows, *a: prefix_rows.append(len(rows)) or real_batch(rows, *a)
     )
     kwargs = dict(first_tokens=first_tokens, second_tokens=5)
     continued = tiny_model.generate_two_step(encoded, first, follow_up, **kwargs)
+    assert prefix_rows[0] == 2  # two images: their shared prefixes ran for two rows, not four
+    assert fed_blocks[0] == 4 and fed_blocks[1] > 0  # step 2 continued the cache, not only the fallback
+    monkeypatch.setattr(tiny_model, "_batch_from_ids", real_batch)
     recomputed = VisionLanguageModel.generate_two_step(tiny_model, encoded, first, follow_up, **kwargs)
-    assert continued_rows and continued_rows[0] > 0  # the cache path ran, not only the fallback
     for mine, plain in zip(continued, recomputed, strict=True):
         assert [g.token_ids for g in mine] == [g.token_ids for g in plain]
         for a, b in zip(mine, plain, strict=True):

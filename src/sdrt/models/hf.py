@@ -121,6 +121,24 @@ class _Batch:
     answer_lengths: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Cached:
+    """A KV cache and, per row, which of its slots are real and where the row's positions are."""
+
+    cache: Any
+    mask: torch.Tensor  # (B, C): 1 where a slot holds one of the row's own tokens
+    last: torch.Tensor  # (B,) or (S, B): position id of the row's last token fed, per rotary section
+
+    def resumed(self, plans: Sequence[tuple[list[int], int] | None], fed: int) -> _Cached:
+        """The state step 2 continues from: per row, only ``kept`` of the ``fed`` analysis slots."""
+        mask = self.mask.clone()
+        width = mask.shape[1] - fed  # slots up to the end of step 1's prompt
+        kept = torch.tensor([plan[1] if plan else 0 for plan in plans], device=mask.device)
+        for b, keep in enumerate(kept.tolist()):
+            mask[b, width + keep :] = 0
+        return _Cached(self.cache, mask, self.last + kept)
+
+
 # --- loading -------------------------------------------------------------------------------------
 
 
@@ -384,6 +402,12 @@ class HFVisionLanguageModel(VisionLanguageModel):
             )
         features = self._features(images)
         rows = [self._prompt_ids(p, f) + list(a) for p, f, a in zip(prompts, features, answers, strict=True)]
+        return self._batch_from_ids(rows, features, [len(a) for a in answers])
+
+    def _batch_from_ids(
+        self, rows: list[list[int]], features: list[HFImageFeatures], answer_lengths: list[int]
+    ) -> _Batch:
+        """Left-padded token rows (each ending in its answer's ``answer_lengths`` tokens) + images."""
         longest = max(len(row) for row in rows)
         if longest > self.max_length:
             raise ModelError(
@@ -395,7 +419,6 @@ class HFVisionLanguageModel(VisionLanguageModel):
         )
         input_ids = padded["input_ids"].to(self.device)  # (B, L)
         attention_mask = padded["attention_mask"].to(self.device)  # (B, L)
-        answer_lengths = [len(a) for a in answers]
         layout = self._layout_of(input_ids, attention_mask, answer_lengths)
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         inputs |= self._image_inputs(features)
@@ -515,50 +538,41 @@ class HFVisionLanguageModel(VisionLanguageModel):
         first_tokens: int,
         second_tokens: int,
     ) -> tuple[list[Generation], list[Generation]]:
-        """Greedy step 1 by ``generate``, then step 2 continues its KV cache.
+        """Both steps greedy on one KV cache: a shared prefix once, step 2 after step 1.
 
-        Step 2 replays step 1 as earlier turns, so its token ids start with step 1's prompt; a
-        row feeds only what follows the longest stretch of its analysis that step 2 repeats
-        and the cache holds. Cache slots after that (padding fed after a row stopped, a stop
-        token the template writes otherwise) are masked, and positions continue each row's
-        own count (for Qwen2-VL's multimodal rotary positions, all sections alike, as text
-        after the image gets). Rows whose step 2 does not start with step 1's prompt, and
-        every row while a layer hook is attached (hooks expect whole forwards), are generated
-        from scratch as the base class does.
+        Rows of one image share the conversation up to the image and the token after it
+        (system turn, user-turn opening, image tokens); each distinct prefix is prefilled
+        once and its cache rows repeated, then each row's own text is fed after it. Step 2
+        replays step 1 as earlier turns, so its ids start with step 1's prompt: a row then
+        feeds only what follows the longest stretch of its analysis that step 2 repeats and
+        the cache holds. Slots a row must not see (padding fed after it stopped, a stop token
+        the template writes otherwise) are masked, and positions continue each row's own
+        count in every rotary section (Qwen2-VL's multimodal ones too: a prefix always ends
+        in text, where all sections advance together). Rows whose step 2 does not start with
+        step 1's prompt, and every row while a layer hook is attached (hooks expect whole
+        forwards), are generated from scratch as the base class does.
         """
-        if self._hooked():
-            return super().generate_two_step(
-                images, first, follow_up, first_tokens=first_tokens, second_tokens=second_tokens
-            )
         features = self._features(images)  # each image encoded once, for both steps
         encoded = [EncodedImage(BACKEND, f, source=None) for f in features]
-        batch = self._build_batch(encoded, first, [[] for _ in first])
-        prompt_len = batch.layout.seq_len
-        cache = DynamicCache(config=self.model.config)
-        eos_ids = self.eos_token_ids
-        out = self.model.generate(
-            **batch.model_inputs,
-            max_new_tokens=first_tokens,
-            do_sample=False,
-            eos_token_id=eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-            cache=cache,
-        )
-        analyses = self._generations(out, prompt_len, eos_ids)
+        first_ids = [self._prompt_ids(p, f) for p, f in zip(first, features, strict=True)]
+        if self._hooked() or "position_ids" not in self._forward_params:
+            return super().generate_two_step(
+                encoded, first, follow_up, first_tokens=first_tokens, second_tokens=second_tokens
+            )
+        cached, blocks = self._prefill_shared(features, first_ids)
+        analyses, cached, fed = self._feed(cached, blocks, first_tokens)
         second = list(follow_up(analyses))
-        fed = out.sequences.shape[1] - prompt_len - 1  # the last new token never went in
         plans = [
-            _continuation(self._prompt_ids(f_prompt, f), self._prompt_ids(s_prompt, f), a.token_ids, fed)
-            for f_prompt, s_prompt, f, a in zip(first, second, features, analyses, strict=True)
+            _continuation(ids, self._prompt_ids(prompt, f), a.token_ids, fed)
+            for ids, prompt, f, a in zip(first_ids, second, features, analyses, strict=True)
         ]
         answers: list[Generation | None] = [None] * len(second)
-        rows = [b for b, plan in enumerate(plans) if plan is not None]
-        if rows:
-            continued = self._continue(batch, cache, fed, plans, second_tokens)
-            for b in rows:
-                answers[b] = continued[b]
+        if any(plans):
+            continued, _, _ = self._feed(
+                cached.resumed(plans, fed), [p and p[0] for p in plans], second_tokens
+            )
+            for b, plan in enumerate(plans):
+                answers[b] = continued[b] if plan else None
         rest = [b for b, plan in enumerate(plans) if plan is None]
         if rest:
             fresh = self.generate(
@@ -577,51 +591,66 @@ class HFVisionLanguageModel(VisionLanguageModel):
             for ids, lp in zip(new_ids.tolist(), chosen.tolist(), strict=True)
         ]
 
-    def _continue(
-        self,
-        batch: _Batch,
-        cache: Any,
-        fed: int,
-        plans: list[tuple[list[int], int] | None],
-        max_new_tokens: int,
-    ) -> list[Generation]:
-        """Prefill each row's new step-2 tokens after its cached ones, then decode greedily."""
-        size = len(plans)
-        prompt_mask = batch.model_inputs["attention_mask"]  # (B, P)
-        history = torch.cat([prompt_mask, prompt_mask.new_ones(size, fed)], dim=1)  # (B, P + fed)
-        positions = batch.model_inputs.get("position_ids")
-        last = (
-            (prompt_mask.cumsum(-1) - 1)[:, -1] if positions is None else positions[..., -1]
-        )  # (B,) or (S, B)
-        pad = self.tokenizer.pad_token_id
-        width = max(len(plan[0]) if plan else 1 for plan in plans)
+    def _prefill_shared(
+        self, features: list[HFImageFeatures], rows: list[list[int]]
+    ) -> tuple[_Cached, list[list[int]]]:
+        """Each distinct (image, prefix) prefilled once, repeated per row; each row's rest of ids."""
+        splits = [_prefix_end(ids, self.image_token_id) for ids in rows]
+        keys = [(id(f), tuple(ids[:split])) for f, ids, split in zip(features, rows, splits, strict=True)]
+        distinct = list(dict.fromkeys(keys))
+        owner = [keys.index(key) for key in distinct]
+        prefix = self._batch_from_ids(
+            [list(key[1]) for key in distinct], [features[b] for b in owner], [0] * len(owner)
+        )
+        cache = DynamicCache(config=self.model.config)
+        self.model(**prefix.model_inputs, cache=cache, use_cache=True, **self._last_logits_only)
+        index = torch.tensor([distinct.index(key) for key in keys], device=self.device)
+        cache.reorder_cache(index)  # (U, ...) -> (B, ...): each row gets its prefix's cache
+        mask = prefix.model_inputs["attention_mask"][index]
+        last = prefix.model_inputs["position_ids"][..., -1][..., index]  # (B,) or (S, B)
+        return _Cached(cache, mask, last), [ids[split:] for ids, split in zip(rows, splits, strict=True)]
+
+    @property
+    def _last_logits_only(self) -> dict[str, Any]:
+        return {"logits_to_keep": 1} if "logits_to_keep" in self._forward_params else {}
+
+    def _feed(
+        self, cached: _Cached, blocks: Sequence[list[int] | None], max_new_tokens: int
+    ) -> tuple[list[Generation], _Cached, int]:
+        """Prefill each row's block after what the cache holds, then decode greedily.
+
+        A block is left-padded to the longest (padding masked); None gives a row one masked
+        token, whose output is not used. Returns the generations, the cache state after the
+        blocks (the last block token's position per row), and how many generated tokens
+        went into the cache after the blocks (all but the last).
+        """
+        size, pad = len(blocks), self.tokenizer.pad_token_id
+        width = max(len(block) if block else 1 for block in blocks)
         ids = torch.full((size, width), pad, dtype=torch.long)
         block_mask = torch.zeros(size, width, dtype=torch.long)
-        offsets = torch.zeros(size, width, dtype=torch.long)  # position - last prompt position
-        for b, plan in enumerate(plans):
-            tokens, in_cache = plan if plan else ([pad], fed)
-            history[b, prompt_mask.shape[1] + in_cache :] = 0
+        offsets = torch.zeros(size, width, dtype=torch.long)  # position - the row's last cached one
+        for b, block in enumerate(blocks):
+            tokens = block or [pad]
             ids[b, width - len(tokens) :] = torch.tensor(tokens)
-            block_mask[b, width - len(tokens) :] = 1 if plan else 0
-            offsets[b, width - len(tokens) :] = torch.arange(in_cache + 1, in_cache + 1 + len(tokens))
+            block_mask[b, width - len(tokens) :] = 1 if block else 0
+            offsets[b, width - len(tokens) :] = torch.arange(1, len(tokens) + 1)
         ids, block_mask, offsets = ids.to(self.device), block_mask.to(self.device), offsets.to(self.device)
-        mask = torch.cat([history, block_mask], dim=1)
-        step_positions = last.unsqueeze(-1) + offsets  # (B, W) or (S, B, W)
+        mask = torch.cat([cached.mask, block_mask], dim=1)
+        positions = cached.last.unsqueeze(-1) + offsets  # (B, W) or (S, B, W)
+        after_blocks = _Cached(cached.cache, mask, positions[..., -1])
         eos = torch.tensor(eos_ids := self.eos_token_ids, device=self.device)
         chosen, chosen_logp = [], []
         finished = torch.zeros(size, dtype=torch.bool, device=self.device)
         for step in range(max_new_tokens):
-            logits = (
-                self.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=step_positions,
-                    cache=cache,
-                    use_cache=True,
-                )
-                .logits[:, -1]
-                .float()
-            )  # (B, V)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cached.cache,
+                use_cache=True,
+                **self._last_logits_only,
+            )
+            logits = out.logits[:, -1].float()  # (B, V)
             token = torch.where(finished, torch.full((size,), pad, device=self.device), logits.argmax(-1))
             chosen.append(token)
             chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
@@ -630,10 +659,12 @@ class HFVisionLanguageModel(VisionLanguageModel):
                 break
             ids = token[:, None]
             mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
-            step_positions = step_positions[..., -1:] + 1
-        tokens = torch.stack(chosen, 1).tolist()
-        logprobs = torch.stack(chosen_logp, 1).tolist()
-        return [self._generation(t, lp, eos_ids) for t, lp in zip(tokens, logprobs, strict=True)]
+            positions = positions[..., -1:] + 1
+        fed = len(chosen) - 1
+        tokens, logprobs = torch.stack(chosen, 1).tolist(), torch.stack(chosen_logp, 1).tolist()
+        generations = [self._generation(t, lp, eos_ids) for t, lp in zip(tokens, logprobs, strict=True)]
+        after_blocks.mask = torch.cat([after_blocks.mask, mask.new_ones(size, fed)], dim=1)
+        return generations, after_blocks, fed
 
     def _generation(self, ids: list[int], logprobs: list[float], eos_ids: list[int]) -> Generation:
         end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), len(ids))
@@ -733,6 +764,18 @@ def _chat_messages(conversation: list[tuple[str, str]], name: str) -> list[dict[
             image_placed = True
         messages.append({"role": role, "content": content})
     return messages
+
+
+def _prefix_end(ids: list[int], image_token_id: int) -> int:
+    """Where a row's shareable prefix ends: after its image tokens and the text token after them.
+
+    Ending in text matters: there every rotary section advances by one per token, so the rest
+    of the row continues from the prefix's last position whatever the family's scheme.
+    No image, or an image too close to the end, shares nothing (the prefix is the first token).
+    """
+    last_image = max((i for i, token in enumerate(ids) if token == image_token_id), default=-1)
+    end = last_image + 2
+    return end if last_image > 0 and end < len(ids) else 1
 
 
 def _continuation(
