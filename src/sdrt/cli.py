@@ -230,7 +230,9 @@ def distill(
 
 @app.command(name="eval")
 def evaluate(
-    model: ModelOpt = "embedded",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="embedded (default) | tiny:<family> | folder | hub id")
+    ] = None,
     benchmark: Annotated[list[str] | None, typer.Option(help="benchmark name (repeatable)")] = None,
     data: Annotated[
         list[Path] | None,
@@ -249,10 +251,10 @@ def evaluate(
         list[str] | None, typer.Option(help="direct | dual:<id> | ensemble | adapter (repeatable)")
     ] = None,
     adapter: Annotated[Path | None, typer.Option(help="SDRT adapter folder for mode 'adapter'")] = None,
-    data_dir: Annotated[Path, typer.Option(help="folder holding the published benchmarks")] = Path("data"),
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the published benchmarks")] = None,
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
-    seed: Annotated[int, typer.Option(help="sampling and bootstrap seed")] = 0,
-    k: Annotated[int, typer.Option(help="prompts in the ensemble")] = 3,
+    seed: Annotated[int | None, typer.Option(help="sampling and bootstrap seed (default 0)")] = None,
+    k: Annotated[int | None, typer.Option(help="prompts in the ensemble (default 3)")] = None,
     split: Annotated[
         str | None, typer.Option(help="split to score instead of each benchmark's own (e.g. validation)")
     ] = None,
@@ -260,40 +262,53 @@ def evaluate(
         int | None, typer.Option(help="step-1 token budget of the reasoning modes (default 48)")
     ] = None,
     prompts: PromptsOpt = None,
-    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 8,
-    out: Annotated[Path, typer.Option(help="results JSON (per-item predictions included)")] = Path(
-        "runs/results.json"
-    ),
-    skip_bad: SkipBadOpt = False,
-    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int | None, typer.Option(help="examples per batch (default 8)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="results JSON, per-item predictions beside it (default runs/results.json)"),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML EvalConfig; flags override it")] = None,
+    skip_bad: Annotated[
+        bool | None, typer.Option("--skip-bad/--no-skip-bad", help="skip bad records (counted and logged)")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="torch device (default: cpu)")] = None,
     dtype: DTypeOpt = None,
     device_map: DeviceMapOpt = None,
     attn: AttnOpt = None,
 ) -> None:
     """Score modes on benchmarks with the community metrics, each beside its cost per answer."""
+    from sdrt.evaluation.config import EvalConfig
     from sdrt.evaluation.run import run_evaluation
 
+    if data and metric is None:
+        raise ConfigError("--data needs --metric (exact_match, vqa_accuracy, anls, relaxed_accuracy, ...)")
     prompt_ids, prompts_yaml = _split_prompts_option(prompts)
-    own = _own_benchmarks(data or [], metric, layout, task_type)
-    run_evaluation(
-        model,
-        benchmark or ([] if own else ["easy-vqa"]),
-        mode or ["direct"],
-        own_data=own,
+    own = [{"file": f, "metric": metric, "layout": layout, "task_type": task_type} for f in data or []]
+    cfg = load_config(
+        EvalConfig,
+        config,
+        model=model,
+        benchmarks=benchmark,
+        data=own or None,
+        modes=mode,
         adapter=adapter,
         data_dir=data_dir,
         limit=limit,
         seed=seed,
         split=split,
         k=k,
-        prompt_ids=prompt_ids,
+        prompts=prompt_ids,
         prompts_yaml=prompts_yaml,
         batch_size=batch_size,
         analysis_tokens=analysis_tokens,
         out=out,
         skip_bad=skip_bad,
-        load=_load_options(device, dtype, device_map, attn),
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        attn_implementation=attn,
     )
+    run_evaluation(cfg)
 
 
 def _load_options(device: str, dtype: str | None, device_map: str | None, attn: str | None):
@@ -302,15 +317,6 @@ def _load_options(device: str, dtype: str | None, device_map: str | None, attn: 
 
     values = {"device": device, "dtype": dtype, "device_map": device_map, "attn_implementation": attn}
     return load_config(LoadOptions, None, **values)
-
-
-def _own_benchmarks(files: list[Path], metric: str | None, layout: str | None, task_type: str) -> list:
-    """``--data`` files as benchmarks; refused without a metric, before any model loads."""
-    from sdrt.evaluation.benchmarks import Benchmark
-
-    if files and metric is None:
-        raise ConfigError("--data needs --metric (exact_match, vqa_accuracy, anls, relaxed_accuracy, ...)")
-    return [Benchmark.from_file(f, metric, layout=layout, task_type=task_type) for f in files]
 
 
 @app.command(name="label-quality")

@@ -23,15 +23,15 @@ from sdrt.atomic import atomic_write_text
 from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.config import DataSource, TraceConfig
 from sdrt.distill.config import DistillConfig
-from sdrt.distill.trainer import run_distillation, run_fingerprint
-from sdrt.evaluation.benchmarks import get_benchmark
-from sdrt.evaluation.evaluate import EvalResults, evaluate
+from sdrt.distill.run import distill_with_progress
+from sdrt.distill.trainer import run_fingerprint
+from sdrt.evaluation.config import EvalConfig
+from sdrt.evaluation.evaluate import EvalResults
 from sdrt.evaluation.report import markdown_table, write_report
-from sdrt.evaluation.run import print_table, results_table
+from sdrt.evaluation.run import print_table, results_table, run_evaluation
 from sdrt.evaluation.viewer import write_viewer
 from sdrt.models import load_model
-from sdrt.progress import console, progress_bar
-from sdrt.prompts.library import PromptLibrary
+from sdrt.progress import console
 from sdrt.traces.job import run_trace_job
 
 TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
@@ -97,17 +97,24 @@ def distill_inputs(plan: DemoPlan) -> dict[str, Any]:
     return {"settings": run_fingerprint(distill_config(plan)), "traces": traces}
 
 
+def eval_config(plan: DemoPlan) -> EvalConfig:
+    return EvalConfig(
+        model=plan.model,
+        benchmarks=list(EVAL_BENCHMARKS),
+        modes=list(EVAL_MODES),
+        adapter=plan.work_dir / "adapter",
+        limit=plan.eval_examples,
+        seed=plan.seed,
+        k=plan.k,
+        batch_size=plan.batch_size,
+        out=plan.work_dir / "results.json",
+    )
+
+
 def eval_inputs(plan: DemoPlan) -> dict[str, Any]:
-    return {
-        "model": plan.model,
-        "benchmarks": list(EVAL_BENCHMARKS),
-        "modes": list(EVAL_MODES),
-        "examples": plan.eval_examples,
-        "seed": plan.seed,
-        "k": plan.k,
-        "batch_size": plan.batch_size,
-        "adapter": distill_inputs(plan),
-    }
+    """The evaluation settings and the inputs of the adapter it scores."""
+    settings = eval_config(plan).model_dump(mode="json", exclude={"out", "adapter"})
+    return {**settings, "adapter": distill_inputs(plan)}
 
 
 def same_inputs(plan: DemoPlan, stage: str, inputs: dict[str, Any], output: Path) -> bool:
@@ -150,34 +157,18 @@ def run_distill(plan: DemoPlan, model) -> Path:
         console.print(f"distill: reusing {out}")
         return out
     console.rule(f"distill: {plan.distill_steps} steps")
-    with progress_bar(plan.distill_steps, "distill", unit="step") as advance:
-        run_distillation(
-            config, model, on_step=lambda e: advance(1, loss=e.loss, **e.terms), on_start=advance
-        )
-    return out
+    return distill_with_progress(config, model).adapter_dir
 
 
-def run_eval(plan: DemoPlan, model, adapter_dir: Path) -> EvalResults:
-    path = plan.work_dir / "results.json"
-    if same_inputs(plan, "evaluate", eval_inputs(plan), path) and path.exists():
-        console.print(f"evaluate: reusing {path}")
-        return EvalResults.load(path)
-    from sdrt.adapters.files import load_adapter
-
+def run_eval(plan: DemoPlan, model) -> EvalResults:
+    config = eval_config(plan)
+    if same_inputs(plan, "evaluate", eval_inputs(plan), config.out) and config.out.exists():
+        console.print(f"evaluate: reusing {config.out}")
+        results = EvalResults.load(config.out)
+        print_table(results_table(results))
+        return results
     console.rule(f"evaluate: {plan.eval_examples} held-out questions per benchmark")
-    results = evaluate(
-        model,
-        [get_benchmark(name) for name in EVAL_BENCHMARKS],
-        list(EVAL_MODES),
-        PromptLibrary.load(),
-        limit=plan.eval_examples,
-        seed=plan.seed,
-        k=plan.k,
-        batch_size=plan.batch_size,
-        adapter=load_adapter(adapter_dir, model),
-    )
-    results.save(path)
-    return results
+    return run_evaluation(config, model)
 
 
 def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
@@ -185,8 +176,7 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     model = load_model(plan.model)
     run_traces(plan, model)
     adapter_dir = run_distill(plan, model)
-    results = run_eval(plan, model, adapter_dir)
-    print_table(results_table(results))
+    results = run_eval(plan, model)
     notes = [
         f"model: {plan.model}; K = {plan.k} prompts; traces on {plan.train_easy_vqa} easy-vqa and "
         f"{plan.train_scenes} scene training questions (no labels used); "

@@ -238,3 +238,41 @@ def test_eval_on_a_users_own_parquet_folder_guesses_its_layout(tmp_path, data_di
     )
     (summary,) = results["summaries"]
     assert (summary["benchmark"], summary["metric"], summary["n"]) == ("docvqa", "anls", 3)
+
+
+def test_eval_reads_a_yaml_config_and_flags_override_it(tmp_path, identity_adapter):
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        f"model: tiny:llava\nbenchmarks: [easy-vqa]\nmodes: [direct, adapter]\nadapter: {identity_adapter}\n"
+        "limit: 6\nseed: 3\n"
+    )
+    out = tmp_path / "results.json"
+    result = runner.invoke(app, ["eval", "--config", str(config), "--limit", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert {s["mode"] for s in results["summaries"]} == {"direct", "adapter"}
+    assert {s["n"] for s in results["summaries"]} == {3}  # the flag, not the file's 6
+
+
+@pytest.mark.parametrize(
+    ("values", "words"),
+    [
+        ({"modes": ["adapter"]}, "needs an adapter"),
+        ({"modes": ["majority"]}, "unknown modes"),
+        ({"limit": 0}, "limit"),
+        ({"data": [{"file": "x.jsonl"}]}, "metric"),
+    ],
+)
+def test_eval_config_refuses_what_cannot_run(values, words):
+    from sdrt.config import ConfigError, load_config
+    from sdrt.evaluation.config import EvalConfig
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(EvalConfig, None, **values)
+
+
+def test_eval_config_defaults_to_easy_vqa_only_without_own_data():
+    from sdrt.evaluation.config import EvalConfig
+
+    assert EvalConfig().benchmark_names == ["easy-vqa"]
+    assert EvalConfig(data=[{"file": "x.jsonl", "metric": "exact_match"}]).benchmark_names == []

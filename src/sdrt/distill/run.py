@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.trainer import DistillResult, run_distillation
-from sdrt.models import load_model
+from sdrt.models import VisionLanguageModel, load_model
 from sdrt.progress import console, progress_bar
 
 
@@ -21,8 +21,11 @@ def parameter_report(model, trainable: int) -> str:
     )
 
 
-def distill_with_progress(config: DistillConfig, *, restart: bool = False) -> DistillResult:
-    model = load_model(config.model, config.load_options)
+def distill_with_progress(
+    config: DistillConfig, model: VisionLanguageModel | None = None, *, restart: bool = False
+) -> DistillResult:
+    """``sdrt distill``: train, showing progress; ``model``, if given, is used instead of loading one."""
+    model = model or load_model(config.model, config.load_options)
     with progress_bar(config.steps, "distill", unit="step") as advance:
         result = run_distillation(
             config,

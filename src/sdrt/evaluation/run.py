@@ -4,70 +4,61 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from sdrt.config import LoadOptions
 from sdrt.evaluation.benchmarks import BENCHMARKS, Benchmark, get_benchmark
+from sdrt.evaluation.config import EvalConfig
 from sdrt.evaluation.evaluate import EvalResults, evaluate
-from sdrt.models import load_model
+from sdrt.models import VisionLanguageModel, load_model
 from sdrt.progress import console
 from sdrt.prompts.library import PromptLibrary
 from sdrt.reasoning.modes import GenerationBudget
 
 
-def run_evaluation(
-    model_name: str,
-    benchmark_names: Sequence[str],
-    modes: Sequence[str],
-    *,
-    own_data: Sequence[Benchmark] = (),
-    adapter: Path | None = None,
-    data_dir: Path = Path("data"),
-    limit: int | None = None,
-    seed: int = 0,
-    split: str | None = None,
-    k: int = 3,
-    prompt_ids: list[str] | None = None,
-    prompts_yaml: Path | None = None,
-    batch_size: int = 8,
-    analysis_tokens: int | None = None,
-    out: Path = Path("runs/results.json"),
-    skip_bad: bool = False,
-    load: LoadOptions | None = None,
-) -> EvalResults:
-    """``prompts_yaml`` adds or overrides prompts; ``prompt_ids`` choose the ensemble's prompts."""
-    chosen = [get_benchmark(name) for name in benchmark_names]  # unknown names fail before loading
-    chosen += list(own_data)  # the user's own files (``Benchmark.from_file``)
-    library = PromptLibrary.load(prompts_yaml)
-    for prompt_id in prompt_ids or []:
+def run_evaluation(config: EvalConfig, model: VisionLanguageModel | None = None) -> EvalResults:
+    """Score ``config``'s modes on its benchmarks and files; save results, print the tables.
+
+    ``model``: an already loaded model (the demo passes its own); else ``config`` loads one.
+    """
+    chosen = [get_benchmark(name) for name in config.benchmark_names]  # unknown names fail before loading
+    chosen += [  # the user's own files
+        Benchmark.from_file(d.file, d.metric, layout=d.layout, task_type=d.task_type) for d in config.data
+    ]
+    library = PromptLibrary.load(config.prompts_yaml)
+    for prompt_id in config.prompts or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
-    model = load_model(model_name, load)
+    model = model or load_model(config.model, config.load_options)
     loaded_adapter = None
-    if adapter is not None:
+    if config.adapter is not None:
         from sdrt.adapters.files import load_adapter
 
-        loaded_adapter = load_adapter(adapter, model)
+        loaded_adapter = load_adapter(config.adapter, model)
+    budget = (
+        GenerationBudget(analysis_tokens=config.analysis_tokens)
+        if config.analysis_tokens
+        else GenerationBudget()
+    )
     results = evaluate(
         model,
         chosen,
-        modes,
+        config.modes,
         library,
-        data_dir=data_dir,
-        limit=limit,
-        seed=seed,
-        split=split,
-        k=k,
-        prompt_ids=prompt_ids,
-        batch_size=batch_size,
-        budget=GenerationBudget(analysis_tokens=analysis_tokens) if analysis_tokens else GenerationBudget(),
+        data_dir=config.data_dir,
+        limit=config.limit,
+        seed=config.seed,
+        split=config.split,
+        k=config.k,
+        prompt_ids=config.prompts,
+        batch_size=config.batch_size,
+        budget=budget,
         adapter=loaded_adapter,
-        skip_bad=skip_bad,
+        skip_bad=config.skip_bad,
     )
+    out = config.out
     results.save(out)
     write_predictions(results, out.with_suffix(".predictions.jsonl"))
     print_table(results_table(results))
