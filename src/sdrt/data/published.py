@@ -57,11 +57,20 @@ class Row:
 
 @dataclass(frozen=True)
 class Layout:
+    """A published benchmark as data: its columns, how a row becomes a record, how it is scored.
+
+    The one home of these facts: ``sdrt.evaluation.benchmarks`` builds its registry from
+    this table (as lmms-eval's task YAML holds a dataset's columns, split and metric together).
+    """
+
     name: str
     task_type: str
     required: tuple[str, ...]
     optional: tuple[str, ...]
     build: Callable[[Row], dict[str, Any]]  # VQARecord fields other than the image
+    metric: str  # a key of sdrt.evaluation.metrics.METRICS, as lmms-eval and VLMEvalKit score it
+    split: str  # the split scores are reported on
+    description: str
     needs_image_rows: bool = False  # rows with a null image are expected and skipped (ScienceQA)
 
     @property
@@ -145,6 +154,9 @@ LAYOUTS: dict[str, Layout] = {
             ("questionId", "question", "answers", "image"),
             ("question_types", "docId", "ucsf_document_id", "ucsf_document_page_no", "data_split"),
             _docvqa,
+            metric="anls",
+            split="validation",
+            description="DocVQA: questions on scanned documents",
         ),
         Layout(
             "infovqa",
@@ -152,14 +164,29 @@ LAYOUTS: dict[str, Layout] = {
             ("questionId", "question", "answers", "image"),
             ("answer_type", "operation/reasoning", "image_url", "data_split"),
             _infovqa,
+            metric="anls",
+            split="validation",
+            description="InfographicVQA: questions on infographics",
         ),
-        Layout("chartqa", "chart", ("question", "answer", "image"), ("type",), _chartqa),
+        Layout(
+            "chartqa",
+            "chart",
+            ("question", "answer", "image"),
+            ("type",),
+            _chartqa,
+            metric="relaxed_accuracy",
+            split="test",
+            description="ChartQA: questions on charts",
+        ),
         Layout(
             "textvqa",
             "text-in-image",
             ("question_id", "question", "answers", "image"),
             ("image_id", "image_classes", "image_width", "image_height", "set_name", "ocr_tokens"),
             _textvqa,
+            metric="vqa_accuracy",
+            split="validation",
+            description="TextVQA: questions that need reading text in photos",
         ),
         Layout(
             "scienceqa",
@@ -167,6 +194,9 @@ LAYOUTS: dict[str, Layout] = {
             ("question", "choices", "answer", "image"),
             ("hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution"),
             _scienceqa,
+            metric="multiple_choice_accuracy",
+            split="test",
+            description="ScienceQA (image subset): multiple-choice science questions",
             needs_image_rows=True,
         ),
     )

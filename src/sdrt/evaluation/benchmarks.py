@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from sdrt.data import load_records
+from sdrt.data.published import LAYOUTS, Layout
 from sdrt.data.records import DataError, VQARecord
 
 
@@ -109,78 +110,43 @@ class Benchmark:
         )
 
 
+def _published(layout: Layout) -> Benchmark:
+    return Benchmark(
+        layout.name, layout.metric, layout.task_type, layout.split, layout.description, layout=layout.name
+    )
+
+
+# Built-in data: the one home of these benchmarks' facts (published ones live in LAYOUTS).
+_BUILT_IN = (
+    Benchmark("easy-vqa", "exact_match", "scene", "test", "easy-vqa: shapes and colours (built in)"),
+    Benchmark(
+        "scenes",
+        "exact_match",
+        "scene",
+        "test",
+        "generated scenes, multi-hop questions with exact answers (built in)",
+        source="scenes:multi-hop",
+    ),
+    Benchmark(
+        "scenes-single-hop",
+        "exact_match",
+        "scene",
+        "test",
+        "generated scenes, single-hop questions: one lookup or one filter (built in)",
+        source="scenes:single-hop",
+    ),
+    Benchmark(
+        "scenes-describe",
+        "object_accuracy",
+        "scene",
+        "test",
+        "generated scenes described left to right, scored object by object (built in)",
+        source="scenes:describe",
+        prompt_style="open",
+    ),
+)
 BENCHMARKS: Mapping[str, Benchmark] = MappingProxyType(
-    {
-        b.name: b
-        for b in (
-            Benchmark(
-                "docvqa",
-                "anls",
-                "document",
-                "validation",
-                "DocVQA: questions on scanned documents",
-                layout="docvqa",
-            ),
-            Benchmark(
-                "infovqa",
-                "anls",
-                "document",
-                "validation",
-                "InfographicVQA: questions on infographics",
-                layout="infovqa",
-            ),
-            Benchmark(
-                "chartqa",
-                "relaxed_accuracy",
-                "chart",
-                "test",
-                "ChartQA: questions on charts",
-                layout="chartqa",
-            ),
-            Benchmark(
-                "textvqa",
-                "vqa_accuracy",
-                "text-in-image",
-                "validation",
-                "TextVQA: questions that need reading text in photos",
-                layout="textvqa",
-            ),
-            Benchmark(
-                "scienceqa",
-                "multiple_choice_accuracy",
-                "multiple-choice",
-                "test",
-                "ScienceQA (image subset): multiple-choice science questions",
-                layout="scienceqa",
-            ),
-            Benchmark("easy-vqa", "exact_match", "scene", "test", "easy-vqa: shapes and colours (built in)"),
-            Benchmark(
-                "scenes",
-                "exact_match",
-                "scene",
-                "test",
-                "generated scenes, multi-hop questions with exact answers (built in)",
-                source="scenes:multi-hop",
-            ),
-            Benchmark(
-                "scenes-single-hop",
-                "exact_match",
-                "scene",
-                "test",
-                "generated scenes, single-hop questions: one lookup or one filter (built in)",
-                source="scenes:single-hop",
-            ),
-            Benchmark(
-                "scenes-describe",
-                "object_accuracy",
-                "scene",
-                "test",
-                "generated scenes described left to right, scored object by object (built in)",
-                source="scenes:describe",
-                prompt_style="open",
-            ),
-        )
-    }
+    {b.name: b for b in (*(_published(layout) for layout in LAYOUTS.values()), *_BUILT_IN)}
 )
 
 
