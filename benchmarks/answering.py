@@ -12,23 +12,15 @@ from dataclasses import dataclass
 
 from benchmarks.common import Figure, Inputs, Stopwatch, batches
 from benchmarks.trace_generation import TraceRun, measure
-from sdrt.adapters import AdapterConfig, SDRTAdapter, SkipConfig
-from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.adapters import SDRTAdapter
+from sdrt.distill.config import DistillConfig
 from sdrt.models.base import VisionLanguageModel
 from sdrt.reasoning.modes import Answer, GenerationBudget, answer_direct
 
 
 def sdrt_adapter(model: VisionLanguageModel) -> SDRTAdapter:
     """The adapter ``sdrt distill`` trains by default: LoReFT at the default layers + cross-modal skip."""
-    defaults = DistillConfig()
-    layers = default_layers(model.num_layers)
-    config = AdapterConfig(
-        layers=layers,
-        rank=defaults.rank,
-        positions=defaults.positions,
-        skip=SkipConfig(enabled=defaults.skip, source_layer=min(layers) // 2, rank=defaults.skip_rank),
-    )
-    return SDRTAdapter.for_model(config, model)
+    return SDRTAdapter.for_model(DistillConfig().adapter, model)
 
 
 @dataclass

@@ -237,10 +237,11 @@ def test_config_files_merge_in_order_then_flags(tmp_path):
     from sdrt.distill.config import DistillConfig
 
     base = tmp_path / "base.yaml"
-    base.write_text("rank: 8\nlr: 0.01\nloss: {hidden: 1.0, ce: 0.5}\n")
+    base.write_text("adapter: {rank: 8}\nlr: 0.01\nloss: {hidden: 1.0, ce: 0.5}\n")
     change = tmp_path / "change.yaml"
-    change.write_text("skip: false\nloss: {ce: 0.0}\n")
+    change.write_text("adapter: {skip: {enabled: false}}\nloss: {ce: 0.0}\n")
     config = load_config(DistillConfig, [base, change], steps=7)
-    assert (config.rank, config.lr, config.skip, config.steps) == (8, 0.01, False, 7)
+    assert (config.adapter.rank, config.lr, config.adapter.skip.enabled, config.steps) == (8, 0.01, False, 7)
     assert (config.loss.hidden, config.loss.ce) == (1.0, 0.0)  # one field of a section overridden
-    assert load_config(DistillConfig, base).skip is True  # a single file still reads alone
+    alone = load_config(DistillConfig, base)  # a single file still reads alone
+    assert alone.adapter.skip.enabled is True  # an adapter section keeps SDRT's skip on

@@ -39,7 +39,9 @@ def inputs(rows: list[str], seed: int = 0) -> torch.Tensor:
     return torch.randn(len(rows), len(rows[0]), D, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("features", [{}, {"skip": {"enabled": True}}, {"gate": {"enabled": True}}])
+@pytest.mark.parametrize(
+    "features", [{}, {"skip": {"enabled": True}}, {"gate": {"enabled": True, "num_heads": 3}}]
+)
 def test_fresh_adapter_leaves_outputs_unchanged(standin, layout, features) -> None:
     model = standin(D)
     x, lay = inputs(ROWS), layout(ROWS)
@@ -151,7 +153,9 @@ def test_skip_changes_text_and_answer_positions_only(standin, layout) -> None:
     assert torch.equal(changed[2], expected) and torch.equal(changed[3], expected)
 
 
-@pytest.mark.parametrize("features", [{"skip": {"enabled": True}}, {"gate": {"enabled": True}}])
+@pytest.mark.parametrize(
+    "features", [{"skip": {"enabled": True}}, {"gate": {"enabled": True, "num_heads": 3}}]
+)
 def test_decode_steps_reuse_prefill_state_and_match_score(standin, layout, monkeypatch, features) -> None:
     model = standin(D)
     adapter = make_adapter(model, **features)
@@ -271,3 +275,16 @@ def test_lora_count_peft_agrees_with_shapes(standin) -> None:
     assert next(block.parameters()).device.type == "cpu"  # peft worked on a copy
     model = standin(D, num_layers=4)
     assert lora_parameter_count(model) == 4 * 8 * (D + D)
+
+
+def test_choices_left_to_the_model_are_filled_in_for_it(standin) -> None:
+    model = standin(D, num_layers=8)
+    adapter = SDRTAdapter.for_model(
+        AdapterConfig(skip={"enabled": True}, gate={"enabled": True}), model, num_prompts=5
+    )
+    assert adapter.config.layers == [4, 5, 6, 7]  # the upper half
+    assert (adapter.config.skip.source_layer, adapter.config.gate.num_heads) == (2, 5)
+    with pytest.raises(AdapterError, match="heads"):
+        SDRTAdapter.for_model(AdapterConfig(gate={"enabled": True}), model)
+    with pytest.raises(AdapterError, match="for_model"):
+        SDRTAdapter(AdapterConfig(), D)  # an unresolved config never builds modules

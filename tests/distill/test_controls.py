@@ -108,7 +108,7 @@ def test_self_training_control_learns_the_models_own_direct_answers(own_model, t
         model="tiny:llava",
         labels="direct",
         loss={"hidden": 0.0, "ce": 1.0},
-        skip=False,
+        adapter={"skip": {"enabled": False}},
         traces=trace_dir,
         out=tmp_path / "self",
         steps=3,

@@ -37,7 +37,7 @@ def test_pipeline_on_family(family, tmp_path):
         batch_size=4,
         lr=2e-2,
         warmup_steps=0,
-        skip=False,
+        adapter={"skip": {"enabled": False}},
     )
     history = run_distillation(config, model).history
     assert len(history) == 12 and all(step.loss == step.loss for step in history)  # finite, not NaN

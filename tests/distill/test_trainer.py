@@ -8,9 +8,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from sdrt.adapters.config import default_layers
 from sdrt.adapters.files import load_adapter
 from sdrt.checkpoints import fingerprint_mismatch
-from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import DistillError, run_distillation
 from sdrt.prompts.library import PromptLibrary
@@ -52,7 +53,7 @@ def test_distillation_drives_the_hidden_state_loss_down(tiny_model, trace_dir, t
         loss={"hidden": 1.0, "ce": 0.0},
         warmup_steps=0,
         batch_size=8,
-        skip=False,
+        adapter={"skip": {"enabled": False}},
         dtype=dtype,
     )
     # In bfloat16 the run loads its own model in that precision; the adapter stays float32.
@@ -161,12 +162,17 @@ def test_fingerprint_mismatch_names_nested_fields():
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"lr": 1e-2}, "lr"), ({"layers": [0, 1]}, "layers"), ({"loss": {"ce": 0.5}}, "loss.ce")],
+    [
+        ({"lr": 1e-2}, "lr"),
+        ({"adapter": {"layers": [0, 1], "skip": {"enabled": False}}}, "adapter.layers"),
+        ({"loss": {"ce": 0.5}}, "loss.ce"),
+    ],
 )
 def test_resuming_with_other_settings_is_refused(tiny_model, trace_dir, tmp_path, change, field):
-    run_distillation(config(trace_dir, tmp_path, steps=3, skip=False), tiny_model)
+    settings = {"steps": 3, "adapter": {"skip": {"enabled": False}}}
+    run_distillation(config(trace_dir, tmp_path, **settings), tiny_model)
     with pytest.raises(DistillError, match="other settings") as refused:
-        run_distillation(config(trace_dir, tmp_path, steps=3, skip=False, **change), tiny_model)
+        run_distillation(config(trace_dir, tmp_path, **(settings | change)), tiny_model)
     message = str(refused.value)
     assert f"(differs in: {field})" in message, message
     assert "--restart" in message

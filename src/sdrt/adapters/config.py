@@ -1,8 +1,11 @@
 """Typed adapter settings, checked where they enter (YAML, JSON, keyword arguments).
 
-``AdapterConfig`` is what a user writes and what ``adapter_config.json`` stores. Checks that
-need the base model (layer range, hidden size) live in ``check_against_model`` and gather
-every problem into one ``AdapterError``.
+``AdapterConfig`` is what a user writes (whole, inside ``DistillConfig.adapter``, as PEFT
+takes a ``LoraConfig``) and what ``adapter_config.json`` stores. What a user may leave to the
+model (the layers, the skip's source layer, one gate head per prompt) is filled in by
+``resolved`` once the model is known; a saved config is always resolved. Checks that need
+the base model (layer range, hidden size) live in ``check_against_model`` and gather every
+problem into one ``AdapterError``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class SkipConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    source_layer: int = Field(default=1, ge=0)
+    source_layer: int | None = Field(default=None, ge=0)  # None: half way to the lowest layer
     rank: int = Field(default=4, ge=1)
 
 
@@ -33,7 +36,7 @@ class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    num_heads: int = Field(default=3, ge=2)
+    num_heads: int | None = Field(default=None, ge=2)  # None: one per prompt of the traces
 
 
 class AdapterConfig(BaseModel):
@@ -41,7 +44,7 @@ class AdapterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: list[int] = Field(min_length=1)
+    layers: list[int] | None = Field(default=None, min_length=1)  # None: four over the upper half
     rank: int = Field(default=4, ge=1)
     positions: list[str] = Field(default_factory=lambda: ["last_prompt:4", "answer"])
     skip: SkipConfig = Field(default_factory=SkipConfig)
@@ -54,7 +57,9 @@ class AdapterConfig(BaseModel):
 
     @field_validator("layers")
     @classmethod
-    def _layers_distinct(cls, layers: list[int]) -> list[int]:
+    def _layers_distinct(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is None:
+            return None
         problems = [f"layer {layer} is negative" for layer in layers if layer < 0]
         if len(set(layers)) != len(layers):
             problems.append(f"layers repeat: {layers}")
@@ -69,12 +74,49 @@ class AdapterConfig(BaseModel):
 
     @model_validator(mode="after")
     def _skip_before_layers(self) -> AdapterConfig:
-        if self.skip.enabled and self.skip.source_layer >= min(self.layers):
+        source = self.skip.source_layer
+        if self.skip.enabled and self.layers and source is not None and source >= min(self.layers):
             raise ValueError(
                 f"skip.source_layer {self.skip.source_layer} must be below every intervened layer "
                 f"(lowest is {min(self.layers)})"
             )
         return self
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether every choice left to the model has been made (see ``resolved``)."""
+        return (
+            self.layers is not None
+            and (not self.skip.enabled or self.skip.source_layer is not None)
+            and (not self.gate.enabled or self.gate.num_heads is not None)
+        )
+
+    def resolved(self, num_layers: int, num_prompts: int | None = None) -> AdapterConfig:
+        """This config with the model's choices made: layers, the skip's source, gate heads."""
+        layers = self.layers or default_layers(num_layers)
+        values = self.model_dump()
+        values["layers"] = layers
+        if values["skip"]["source_layer"] is None:
+            values["skip"]["source_layer"] = min(layers) // 2
+        if self.gate.enabled and self.gate.num_heads is None:
+            if num_prompts is None:
+                raise AdapterError("a gated adapter needs its number of heads (one per prompt)")
+            values["gate"]["num_heads"] = max(2, num_prompts)
+        return AdapterConfig.model_validate(values)
+
+
+def default_layers(num_layers: int, count: int = 4) -> list[int]:
+    """``count`` layers spread evenly over the upper half of the stack.
+
+    Upper layers carry what the answer needs, and the backward pass stops at the lowest
+    intervened layer (everything below is frozen and needs no gradient), so the step costs
+    about half a backward pass, where a LoRA on every layer pays for a whole one.
+    """
+    lowest = max(1, num_layers // 2)
+    if num_layers - lowest <= count:
+        return list(range(lowest, num_layers))
+    step = (num_layers - 1 - lowest) / (count - 1)
+    return sorted({lowest + round(i * step) for i in range(count)})
 
 
 def check_against_model(config: AdapterConfig, num_layers: int, hidden_size: int) -> None:

@@ -61,6 +61,8 @@ class SDRTAdapter(nn.Module):
     """
 
     def __init__(self, config: AdapterConfig, hidden_size: int) -> None:
+        if not config.is_resolved:
+            raise AdapterError("adapter config leaves layers, skip source or gate heads open: use for_model")
         super().__init__()
         self.config = config
         self.hidden_size = hidden_size
@@ -88,12 +90,17 @@ class SDRTAdapter(nn.Module):
         self._model: VisionLanguageModel | None = None
 
     @classmethod
-    def for_model(cls, config: AdapterConfig, model: VisionLanguageModel) -> SDRTAdapter:
-        """A fresh adapter for ``model``: checks the config against it and pins its name and hash."""
-        check_against_model(config, model.num_layers, model.hidden_size)
+    def for_model(
+        cls, config: AdapterConfig, model: VisionLanguageModel, num_prompts: int | None = None
+    ) -> SDRTAdapter:
+        """A fresh adapter for ``model``: the config resolved for it, checked, pinned to its hash.
+
+        ``num_prompts`` gives a gated adapter its heads when the config leaves them open.
+        """
+        resolved = config.resolved(model.num_layers, num_prompts)
+        check_against_model(resolved, model.num_layers, model.hidden_size)
         pins = {"base_model": config.base_model or model.name, "base_model_config_hash": model.config_hash}
-        pinned = config.model_copy(update=pins)
-        return cls(pinned, model.hidden_size)
+        return cls(resolved.model_copy(update=pins), model.hidden_size)
 
     # --- attaching ---------------------------------------------------------------------------
 

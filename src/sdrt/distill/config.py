@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sdrt.adapters.config import AdapterConfig, SkipConfig
+from sdrt.adapters.lora import LoRAAdapterConfig
 from sdrt.config import LoadOptions, StrictModel
 
 
@@ -37,17 +39,11 @@ class DistillConfig(LoadOptions):
     traces: list[Path] = Field(default_factory=lambda: [Path("runs/traces")], min_length=1)
     out: Path = Path("runs/adapter")
 
-    # the adapter
-    layers: list[int] | None = None  # None: four layers spread over the upper half
-    rank: int = Field(default=4, ge=1)
-    positions: list[str] = Field(default_factory=lambda: ["last_prompt:4", "answer"])
-    skip: bool = True
-    skip_source_layer: int | None = Field(default=None, ge=0)  # None: half way to the lowest layer
-    skip_rank: int = Field(default=4, ge=1)
-    weighting: Literal["ensemble", "uniform"] = "ensemble"
-    gate: bool = False
-    lora_rank: int = Field(default=8, ge=1)  # method lora-sft
-    lora_alpha: int = Field(default=16, ge=1)
+    # the adapter, whole (layers None: four over the upper half; the skip is on unless
+    # adapter.skip.enabled says otherwise) and, for method lora-sft, the LoRA control's settings
+    adapter: AdapterConfig = Field(default_factory=lambda: AdapterConfig(skip=SkipConfig(enabled=True)))
+    lora: LoRAAdapterConfig = Field(default_factory=LoRAAdapterConfig)
+    weighting: Literal["ensemble", "uniform"] = "ensemble"  # of the K teachers in the loss
 
     # the objective
     loss: LossWeights = LossWeights()
@@ -83,21 +79,17 @@ class DistillConfig(LoadOptions):
             )
         return self
 
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _skip_on_unless_said(cls, value: object) -> object:
+        """SDRT's adapter has the cross-modal skip: a YAML ``adapter:`` section keeps it on."""
+        if isinstance(value, dict):
+            skip = value.get("skip") or {}
+            if isinstance(skip, dict) and "enabled" not in skip:
+                value = {**value, "skip": {**skip, "enabled": True}}
+        return value
+
     @field_validator("traces", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str | Path) else value
-
-
-def default_layers(num_layers: int, count: int = 4) -> list[int]:
-    """``count`` layers spread evenly over the upper half of the stack.
-
-    Upper layers carry what the answer needs, and the backward pass stops at the lowest
-    intervened layer (everything below is frozen and needs no gradient), so the step costs
-    about half a backward pass, where a LoRA on every layer pays for a whole one.
-    """
-    lowest = max(1, num_layers // 2)
-    if num_layers - lowest <= count:
-        return list(range(lowest, num_layers))
-    step = (num_layers - 1 - lowest) / (count - 1)
-    return sorted({lowest + round(i * step) for i in range(count)})

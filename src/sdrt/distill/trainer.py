@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from sdrt.adapters.config import AdapterConfig, GateConfig, SkipConfig
+from sdrt.adapters.config import AdapterConfig
 from sdrt.adapters.files import save_adapter
 from sdrt.adapters.lora import LoRAAdapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
-from sdrt.distill.config import DistillConfig, default_layers
+from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
 from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, compute_teacher_targets
@@ -145,14 +145,15 @@ class DistillTrainer:
             raise DistillError(f"all traces must have the same number of prompts per example, found {counts}")
         if library is None and any(ex.library is None for ex in examples):
             raise DistillError("examples without a prompt library of their own need the trainer's library")
-        if config.gate and counts == {1}:
+        if config.adapter.gate.enabled and counts == {1}:
             raise DistillError("the learned gate mixes one head per prompt: it needs traces with K >= 2")
         self.config = config
         self.model = model
         self.examples = examples
         self.library = library
         self.library_hash = libraries_hash(examples, library)
-        self.layers = config.layers or default_layers(model.num_layers)
+        self.adapter_settings = config.adapter.resolved(model.num_layers, counts.pop())
+        self.layers = self.adapter_settings.layers
         self.adapter = self._build_adapter()
         self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
@@ -168,7 +169,7 @@ class DistillTrainer:
     def _build_adapter(self) -> SDRTAdapter | LoRAAdapter:
         """The student's trainable part, by method (see ``DistillConfig.method``)."""
         if self.config.method == "lora-sft":
-            return LoRAAdapter.for_model(self.model, self.config.lora_rank, self.config.lora_alpha)
+            return LoRAAdapter(self.config.lora, self.model)
         return SDRTAdapter.for_model(self.adapter_config(), self.model).to(self.model.device)
 
     @property
@@ -179,21 +180,16 @@ class DistillTrainer:
         ablation) do not: they skip the teacher forwards altogether.
         """
         c = self.config
-        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or c.gate)
+        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or c.adapter.gate.enabled)
 
     def adapter_config(self) -> AdapterConfig:
-        c = self.config
-        source = c.skip_source_layer if c.skip_source_layer is not None else min(self.layers) // 2
-        return AdapterConfig(
-            layers=self.layers,
-            rank=c.rank,
-            positions=c.positions,
-            skip=SkipConfig(enabled=c.skip, source_layer=source, rank=c.skip_rank),
-            gate=GateConfig(enabled=c.gate, num_heads=max(2, len(self.examples[0].prompt_ids))),
-            base_model=self.model.name,
-            base_model_config_hash=self.model.config_hash,
-            prompt_library_hash=self.library_hash,
-        )
+        """The run's adapter settings, resolved for the model and pinned to it and the prompts."""
+        pins = {
+            "base_model": self.model.name,
+            "base_model_config_hash": self.model.config_hash,
+            "prompt_library_hash": self.library_hash,
+        }
+        return self.adapter_settings.model_copy(update=pins)
 
     def _lr_factor(self, step: int) -> float:
         """Linear warm-up, then cosine decay to 10% of the peak."""
@@ -234,7 +230,7 @@ class DistillTrainer:
             return c.loss.ce * ce, {"ce": float(ce.detach())}
         targets = self.teacher_targets(batch, images)
         weights = self._teacher_weights(batch)  # (B, K)
-        self.adapter.set_teacher_weights(weights if c.gate else None)
+        self.adapter.set_teacher_weights(weights if c.adapter.gate.enabled else None)
         out = self.model.score(images, prompts, labels, layers=self.layers)
         span = aligned_span(out)
         terms: dict[str, torch.Tensor] = {}
