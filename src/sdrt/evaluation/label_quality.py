@@ -3,7 +3,7 @@
 Distillation never reads the references a trace row carries; this report does, so that a
 user sees what the ensemble teaches before spending steps on it: the pseudo-labels' accuracy,
 each prompt's accuracy and agreement with the pseudo-label, and, per agreement threshold
-(``--min-agreement`` of ``sdrt distill``), how many examples survive and how accurate they are.
+(``min_agreement`` of a distill config), how many examples survive and how accurate they are.
 Only examples that have references count towards accuracies; a metric that needs more of a
 record than its answers (multiple choice) is refused by the metric itself.
 """
@@ -139,7 +139,7 @@ def print_label_quality(report: LabelQuality, traces_dir: str | Path) -> None:
     for pid, q in report.prompts.items():
         prompts.add_row(pid, _shown(q.accuracy), f"{q.agreement:.3f}", f"{q.mean_analysis_tokens:.1f}")
     console.print(prompts)
-    kept = Table(title="agreement filtering (sdrt distill --min-agreement)")
+    kept = Table(title="agreement filtering (min_agreement of a distill config)")
     for column in ("min agreement", "examples kept", "share", f"label {report.metric}"):
         kept.add_column(column, no_wrap=True)
     for t in report.thresholds:
