@@ -156,8 +156,8 @@ def align(
     steps: Annotated[int | None, typer.Option(help="optimiser steps")] = None,
 ) -> None:
     """Train the embedded VLM's projector (and LoRA) on easy-vqa and scene descriptions."""
-    from sdrt.models.align import AlignConfig
-    from sdrt.models.align import align as run_align
+    from sdrt.training.align import AlignConfig
+    from sdrt.training.align import align as run_align
 
     cfg = load_config(AlignConfig, config, out=out, steps=steps)
     from sdrt.progress import progress_bar

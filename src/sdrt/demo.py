@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.atomic import atomic_write_text
-from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.config import DataSource, TraceConfig
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.run import distill_with_progress
@@ -33,6 +32,7 @@ from sdrt.evaluation.viewer import write_viewer
 from sdrt.models import load_model
 from sdrt.progress import console
 from sdrt.traces.job import run_trace_job
+from sdrt.training.core import fingerprint_mismatch
 
 TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
 EVAL_BENCHMARKS = ("easy-vqa", "scenes")

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 from sdrt.adapters.config import default_layers
 from sdrt.adapters.files import load_adapter
-from sdrt.checkpoints import fingerprint_mismatch
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import DistillError, run_distillation
 from sdrt.prompts.library import PromptLibrary
+from sdrt.training.core import fingerprint_mismatch
 
 
 def config(trace_dir: Path, out: Path, **overrides) -> DistillConfig:

@@ -251,7 +251,7 @@ def test_config_dict_names_the_parts(vlm):
 def test_align_config_keeps_multi_hop_out():
     from pydantic import ValidationError
 
-    from sdrt.models.align import AlignConfig
+    from sdrt.training.align import AlignConfig
 
     with pytest.raises(ValidationError, match="multi-hop"):
         AlignConfig(mix={"describe": 1.0, "multi-hop": 1.0})
@@ -271,14 +271,14 @@ ALL_POOLS = {"easy-vqa": 1.0, "describe": 1.0, "single-hop": 1.0, "analysis": 1.
 
 def scene_data(scenes: int = 30):
     from sdrt.data.scenes import make_scenes
-    from sdrt.models.align import AlignData, Example
+    from sdrt.training.align import AlignData, Example
 
     easy = [Example(i, f"What color is shape {i}?", "red") for i in range(5)]
     return AlignData(torch.zeros(5 + scenes, 1, 1), easy, make_scenes(scenes, seed=3), scene_offset=5)
 
 
 def test_batches_depend_only_on_seed_and_step_and_come_from_one_pool():
-    from sdrt.models.align import AlignConfig, sample_batch
+    from sdrt.training.align import AlignConfig, sample_batch
 
     data = scene_data()
     config = AlignConfig(batch_size=6, scenes=30, mix=ALL_POOLS, analysis_prompts=SKILLS, seed=4)
@@ -293,7 +293,7 @@ def test_batches_depend_only_on_seed_and_step_and_come_from_one_pool():
 
 def test_alignment_never_answers_a_multi_hop_question_in_one_step():
     """The reasoning gap by construction: a multi-hop question is answered only after an analysis."""
-    from sdrt.models.align import AlignConfig, sample_batch
+    from sdrt.training.align import AlignConfig, sample_batch
 
     data = scene_data()
     config = AlignConfig(batch_size=8, scenes=30, mix=ALL_POOLS, analysis_prompts=SKILLS, seed=1)
@@ -335,7 +335,7 @@ def test_reasoning_items_answer_from_the_analysis_they_show():
     from dataclasses import replace
 
     from sdrt.data.scenes import SceneObject, description_objects, scene_questions
-    from sdrt.models.align import AlignConfig, sample_batch
+    from sdrt.training.align import AlignConfig, sample_batch
 
     data = scene_data()
     config = AlignConfig(
@@ -371,8 +371,8 @@ def test_reasoning_items_answer_from_the_analysis_they_show():
 def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from sdrt.models import align as alignment
     from sdrt.models.embedded import WEIGHTS_FILE
+    from sdrt.training import align as alignment
 
     def config(out: Path) -> alignment.AlignConfig:
         return alignment.AlignConfig(
@@ -468,20 +468,29 @@ def test_rows_sharing_an_image_prefill_it_once_and_answer_as_alone(vlm, images, 
 
 
 def test_alignment_refuses_a_checkpoint_of_other_settings_naming_them(tmp_path):
-    from sdrt.models import align as alignment
+    from sdrt.training import align as alignment
+    from sdrt.training.core import save_checkpoint
 
-    config = alignment.AlignConfig(out=tmp_path, steps=10)
+    config = alignment.AlignConfig(out=tmp_path / "run", steps=10)
     saved = alignment.run_fingerprint(config.model_copy(update={"lr_lora": 1e-3, "steps": 20}))
-    torch.save({"step": 5, "fingerprint": saved}, tmp_path / alignment.CHECKPOINT_FILE)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(config.out, 5, saved, {"w": torch.zeros(1)}, optimizer, schedule)
     with pytest.raises(DataError, match=r"differs in: lr_lora, steps"):
         alignment.resume(None, None, None, config)  # refused before anything is loaded
+    # A run checkpointed in the one-file format before the shared core follows the same rule.
+    legacy = alignment.AlignConfig(out=tmp_path / "legacy", steps=10)
+    legacy.out.mkdir()
+    torch.save({"step": 5, "fingerprint": saved}, legacy.out / alignment.LEGACY_CHECKPOINT)
+    with pytest.raises(DataError, match=r"differs in: lr_lora, steps"):
+        alignment.resume(None, None, None, legacy)
 
 
 def test_alignment_can_start_from_exported_weights(user_cache, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from sdrt.models import align as alignment
     from sdrt.models.embedded import WEIGHTS_FILE
+    from sdrt.training import align as alignment
 
     def config(out, **extra):
         return alignment.AlignConfig(
@@ -500,7 +509,7 @@ def test_alignment_can_start_from_exported_weights(user_cache, tmp_path, monkeyp
 
 
 def test_alignment_fingerprint_names_init_from_only_when_set(tmp_path):
-    from sdrt.models import align as alignment
+    from sdrt.training import align as alignment
 
     assert "init_from" not in alignment.run_fingerprint(alignment.AlignConfig())  # old checkpoints resume
     assert alignment.run_fingerprint(alignment.AlignConfig(init_from=tmp_path))["init_from"] == str(tmp_path)

@@ -20,20 +20,17 @@ import logging
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from sdrt.adapters.config import AdapterConfig
 from sdrt.adapters.files import save_adapter
 from sdrt.adapters.lora import LoRAAdapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
-from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
@@ -41,6 +38,7 @@ from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, com
 from sdrt.models.base import VisionLanguageModel, gather_positions
 from sdrt.prompts.library import PromptLibrary, direct_prompt
 from sdrt.traces.store import TraceStore
+from sdrt.training.core import CHECKPOINTS, load_checkpoint, save_checkpoint, scheduler
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +155,7 @@ class DistillTrainer:
         self.adapter = self._build_adapter()
         self.parameters = [p for p in self.adapter.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.scheduler = scheduler(self.optimizer, config.warmup_steps, config.steps)
         self.cache = (
             TeacherCache(config.teacher_cache_dir or config.out / "teacher-cache", self._cache_fingerprint())
             if config.cache_teacher
@@ -190,14 +188,6 @@ class DistillTrainer:
             "prompt_library_hash": self.library_hash,
         }
         return self.adapter_settings.model_copy(update=pins)
-
-    def _lr_factor(self, step: int) -> float:
-        """Linear warm-up, then cosine decay to 10% of the peak."""
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     def _cache_fingerprint(self) -> str:
         """What teacher targets depend on: a cache made for anything else is never read."""
@@ -299,49 +289,29 @@ class DistillTrainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """A complete checkpoint folder appears atomically (rename), then older ones go."""
-        root = self.config.out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{self.step:07d}"
-        tmp = root / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in self.adapter.state_dict().items()},
-            str(tmp / "adapter.safetensors"),
-        )
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            tmp / "optimizer.pt",
-        )
         history = [entry.__dict__ for entry in self.history]
-        state = {"step": self.step, "settings": run_fingerprint(self.config), "history": history}
-        (tmp / "state.json").write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in root.glob("step-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
+        return save_checkpoint(
+            self.config.out,
+            self.step,
+            run_fingerprint(self.config),
+            self.adapter.state_dict(),
+            self.optimizer,
+            self.scheduler,
+            extra={"history": history},
+        )
 
     def resume(self) -> int:
-        """Load the newest complete checkpoint, if any; returns the step reached.
+        """Load the newest checkpoint, if any; returns the step reached.
 
         A checkpoint written with other settings is refused before anything is loaded.
         """
-        root = self.config.out / "checkpoints"
-        found = sorted(root.glob("step-*")) if root.exists() else []
-        if not found:
+        saved = load_checkpoint(self.config.out, run_fingerprint(self.config), RESTART_HINT, DistillError)
+        if saved is None:
             return 0
-        latest = found[-1]
-        saved = json.loads((latest / "state.json").read_text())
-        check_settings(latest, saved.get("settings"), run_fingerprint(self.config))
-        self.adapter.load_state_dict(load_file(str(latest / "adapter.safetensors")))
-        state = torch.load(latest / "optimizer.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = saved["step"]
-        self.history = [StepLog(**entry) for entry in saved["history"]]
+        self.adapter.load_state_dict(saved.trainable)
+        saved.restore(self.optimizer, self.scheduler)
+        self.step = saved.step
+        self.history = [StepLog(**entry) for entry in saved.extra["history"]]
         return self.step
 
 
@@ -367,14 +337,6 @@ def run_fingerprint(config: DistillConfig) -> dict:
             "attn_implementation",
         },
     )
-
-
-def check_settings(checkpoint: Path, saved: dict | None, current: dict) -> None:
-    if saved is None:
-        raise DistillError(f"{checkpoint} records no settings to compare with; {RESTART_HINT}")
-    differing = fingerprint_mismatch(saved, current)
-    if differing:
-        raise DistillError(mismatch_message(checkpoint, differing, RESTART_HINT))
 
 
 def libraries_hash(examples: Sequence[DistillExample], default: PromptLibrary | None) -> str:
@@ -429,7 +391,7 @@ def run_distillation(
         examples = with_direct_labels(model, examples, config.out / "direct_labels.json")
     trainer = DistillTrainer(config, model, examples)
     if restart and rank == 0:
-        shutil.rmtree(config.out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(config.out / CHECKPOINTS, ignore_errors=True)
     resumed = 0 if restart else trainer.resume()
     if on_start and resumed:
         on_start(resumed)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +37,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import save_file
 
-from sdrt.atomic import atomic_write
-from sdrt.checkpoints import fingerprint_mismatch, mismatch_message
 from sdrt.data.records import DataError
 from sdrt.models.base import Conversation, EncodedImage
 from sdrt.models.embedded import (
@@ -50,13 +47,14 @@ from sdrt.models.embedded import (
     EmbeddedVLM,
     VisionSpec,
 )
+from sdrt.training.core import check_settings, load_checkpoint, save_checkpoint, scheduler
 
 log = logging.getLogger(__name__)
 
 Pool = Literal["easy-vqa", "describe", "single-hop", "analysis", "reasoning"]
 AnalysisSkill = Literal["description", "objects", "relations", "counts", "sizes", "plan", "facts"]
 SCENE_POOLS: tuple[str, ...] = ("describe", "single-hop", "analysis", "reasoning")
-CHECKPOINT_FILE = "checkpoint.pt"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # one file, written before alignment shared training.core's folder
 LOG_FILE = "train_log.txt"
 DESCRIBE_QUESTION = "Describe the image."
 
@@ -196,7 +194,7 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     if config.init_from is not None:
         load_initial_weights(vlm, config)
     optimizer = make_optimizer(vlm, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    schedule = scheduler(optimizer, config.warmup_steps, config.steps)
     start = resume(vlm, optimizer, schedule, config)
     note(
         config,
@@ -219,7 +217,7 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
             )
             clock, losses = time.perf_counter(), []
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            save_checkpoint(vlm, optimizer, schedule, config, step + 1)
+            checkpoint(vlm, optimizer, schedule, config, step + 1)
     accuracy = quick_eval(vlm, config) if config.eval_questions else None
     return export_weights(vlm, config, accuracy)
 
@@ -409,14 +407,6 @@ def make_optimizer(vlm: EmbeddedVLM, config: AlignConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
-def lr_factor(step: int, config: AlignConfig) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def train_step(
     vlm: EmbeddedVLM,
     optimizer: torch.optim.Optimizer,
@@ -494,29 +484,35 @@ def run_fingerprint(config: AlignConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", exclude=excluded)
 
 
-def save_checkpoint(
+RESTART_HINT = "use another --out or delete it to start over"
+
+
+def checkpoint(
     vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, config: AlignConfig, step: int
 ) -> None:
-    """Written to a temporary file and renamed, so a kill mid-write keeps the previous checkpoint."""
-    state = {
-        "step": step,
-        "fingerprint": run_fingerprint(config),
-        "trainable": trainable_state(vlm),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-    }
-    atomic_write(config.out / CHECKPOINT_FILE, lambda staging: torch.save(state, staging))
+    save_checkpoint(config.out, step, run_fingerprint(config), trainable_state(vlm), optimizer, schedule)
 
 
 def resume(vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, config: AlignConfig) -> int:
     """The step to start from: 0, or the last checkpoint's step when the settings match."""
-    path = config.out / CHECKPOINT_FILE
+    saved = load_checkpoint(config.out, run_fingerprint(config), RESTART_HINT, DataError)
+    if saved is None:
+        return _resume_legacy(vlm, optimizer, schedule, config)
+    load_trainable_state(vlm, saved.trainable)
+    saved.restore(optimizer, schedule)
+    note(config, f"resumed from {config.out} at step {saved.step}")
+    return saved.step
+
+
+def _resume_legacy(
+    vlm: EmbeddedVLM, optimizer: torch.optim.Optimizer, schedule: Any, config: AlignConfig
+) -> int:
+    """A run checkpointed in the one-file format resumes too (same settings rule); else 0."""
+    path = config.out / LEGACY_CHECKPOINT
     if not path.is_file():
         return 0
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    differing = fingerprint_mismatch(saved.get("fingerprint") or {}, run_fingerprint(config))
-    if differing:
-        raise DataError(mismatch_message(path, differing, "use another --out or delete it to start over"))
+    check_settings(path, saved.get("fingerprint"), run_fingerprint(config), RESTART_HINT, DataError)
     load_trainable_state(vlm, saved["trainable"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
