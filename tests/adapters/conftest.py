@@ -51,7 +51,8 @@ class StandInVLM(VisionLanguageModel):
         return self._run(x)
 
     def decode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """One decode step (B, 1, d) after a prefill set the layout."""
+        """One decode step (B, 1, d) after a prefill; like a backend, it names its layout."""
+        self._set_layout(TokenLayout.decode_step(x.shape[0], x.device))
         return self._run(x)
 
     def _run(self, h: torch.Tensor) -> list[torch.Tensor]:

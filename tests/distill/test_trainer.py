@@ -64,6 +64,18 @@ def test_distillation_drives_the_hidden_state_loss_down(tiny_model, trace_dir, t
     assert {t.dtype for t in weights(tmp_path).values()} == {torch.float32}
 
 
+@pytest.mark.parametrize("gate_weight", [0.5, 0.0])
+def test_the_gate_term_enters_the_loss_with_its_weight(tiny_model, trace_dir, tmp_path, gate_weight):
+    loss = {"hidden": 1.0, "ce": 1.0, "gate": gate_weight}
+    cfg = config(trace_dir, tmp_path, steps=2, loss=loss, adapter={"gate": {"enabled": True}})
+    history = run_distillation(cfg, tiny_model).history
+    for entry in history:
+        assert ("gate" in entry.terms) == (gate_weight > 0)  # a term with weight 0 is not computed
+        expected = sum(loss[name] * value for name, value in entry.terms.items())
+        assert entry.loss == pytest.approx(expected, rel=1e-5)
+    assert load_adapter(tmp_path, tiny_model).config.gate.num_heads == 2  # one head per prompt
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tiny_model, trace_dir, tmp_path):
     straight = run_distillation(config(trace_dir, tmp_path / "straight"), tiny_model)
 

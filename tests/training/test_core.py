@@ -25,7 +25,9 @@ def test_a_checkpoint_restores_tensors_optimiser_schedule_and_extras(tmp_path):
         weight.grad = torch.ones(3)
         optimizer.step()
         schedule.step()
-    save_checkpoint(tmp_path, 3, {"lr": 0.1}, {"w": weight}, optimizer, schedule, extra={"history": [1, 2, 3]})
+    save_checkpoint(
+        tmp_path, 3, {"lr": 0.1}, {"w": weight}, optimizer, schedule, extra={"history": [1, 2, 3]}
+    )
     save_checkpoint(tmp_path, 4, {"lr": 0.1}, {"w": weight * 2}, optimizer, schedule)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000004"]  # older ones go
 

@@ -85,7 +85,6 @@ class SDRTAdapter(nn.Module):
             self.skip = CrossModalSkip(d, config.skip.rank, r, self.layers)
         self._gate_weights: dict[int, torch.Tensor] = {}  # layer -> (B, K), kept for decode steps
         self._gate_override: torch.Tensor | None = None
-        self._teacher_weights: torch.Tensor | None = None  # (B, K) target of the gate
         self._handle: AdapterHandle | None = None
         self._model: VisionLanguageModel | None = None
 
@@ -241,24 +240,18 @@ class SDRTAdapter(nn.Module):
         """Gate weights (B, K) per layer from the last prefill / score forward."""
         return dict(self._gate_weights)
 
-    def set_teacher_weights(self, weights: torch.Tensor | None) -> None:
-        """Keep the teacher weights (B, K) of the coming batch as the gate's target (None: none)."""
-        if weights is not None:
-            check_prompt_weights(weights, self.config.gate.num_heads if self.gates is not None else None)
-        self._teacher_weights = weights
+    def gate_loss(self, target_weights: torch.Tensor) -> torch.Tensor | None:
+        """Mean over layers of ``KL(target weights || gate weights)`` for the last forward.
 
-    def gate_loss(self, target_weights: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Mean over layers of ``KL(teacher weights || gate weights)`` for the last forward.
-
-        The target is ``target_weights`` or else the weights given to ``set_teacher_weights``;
-        ``None`` when the gate is off or there is no target.
+        ``target_weights`` (B, K): the teachers' ensemble weights of that forward's batch,
+        passed with the call. ``None`` when the gate is off.
         """
-        target = target_weights if target_weights is not None else self._teacher_weights
-        if self.gates is None or target is None:
+        if self.gates is None:
             return None
+        check_prompt_weights(target_weights, self.config.gate.num_heads)
         if not self._gate_weights:
             raise AdapterError("gate_loss needs a forward with the adapter attached first")
-        target = target.to(next(iter(self._gate_weights.values())).device)
+        target = target_weights.to(next(iter(self._gate_weights.values())).device)
         losses = [gate_loss(weights, target) for weights in self._gate_weights.values()]
         return torch.stack(losses).mean()
 

@@ -18,6 +18,7 @@ class LossWeights(StrictModel):
     hidden: float = Field(default=1.0, ge=0)
     ce: float = Field(default=1.0, ge=0)
     kl: float = Field(default=0.0, ge=0)
+    gate: float = Field(default=1.0, ge=0)  # KL of the gate's mix to the ensemble weights (gate on)
     hidden_kind: Literal["mse", "cosine"] = "cosine"
 
     @model_validator(mode="after")

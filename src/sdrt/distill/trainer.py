@@ -178,7 +178,8 @@ class DistillTrainer:
         ablation) do not: they skip the teacher forwards altogether.
         """
         c = self.config
-        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or c.adapter.gate.enabled)
+        gate = c.adapter.gate.enabled and c.loss.gate > 0
+        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or gate)
 
     def adapter_config(self) -> AdapterConfig:
         """The run's adapter settings, resolved for the model and pinned to it and the prompts."""
@@ -220,7 +221,6 @@ class DistillTrainer:
             return c.loss.ce * ce, {"ce": float(ce.detach())}
         targets = self.teacher_targets(batch, images)
         weights = self._teacher_weights(batch)  # (B, K)
-        self.adapter.set_teacher_weights(weights if c.adapter.gate.enabled else None)
         out = self.model.score(images, prompts, labels, layers=self.layers)
         span = aligned_span(out)
         terms: dict[str, torch.Tensor] = {}
@@ -239,10 +239,9 @@ class DistillTrainer:
             t_ids = pad_stack([t.topk_ids for t in targets], length, dim=1).to(out.answer_logits.device)
             kl = teacher_kl(out.answer_logits, t_logp, t_ids, out.answer_token_mask)
             terms["kl"] = weighted_teacher_loss(kl, weights)
-        gate_loss = self.adapter.gate_loss()
-        if gate_loss is not None:
-            terms["gate"] = gate_loss
-        total = sum(getattr(c.loss, name, 1.0) * value for name, value in terms.items())
+        if c.adapter.gate.enabled and c.loss.gate > 0:
+            terms["gate"] = self.adapter.gate_loss(weights)
+        total = sum(getattr(c.loss, name) * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}
 
     def _hidden_term(

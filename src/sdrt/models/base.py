@@ -284,15 +284,14 @@ class VisionLanguageModel(ABC):
         return any(layer._forward_hooks for layer in self.decoder_layers)
 
     def current_layout(self, hidden: torch.Tensor) -> TokenLayout:
-        """The layout of the forward now running: the prefill's, or one decode step."""
+        """The layout the backend set for the forward now running (prefill, score or one step)."""
         layout = self._layout
-        if layout is not None and hidden.shape[1] == layout.seq_len:
+        if layout is not None and tuple(hidden.shape[:2]) == (layout.batch_size, layout.seq_len):
             return layout
-        if layout is not None and hidden.shape[1] == 1:
-            return TokenLayout.decode_step(hidden.shape[0], hidden.device)
         raise ModelError(
-            f"{self.name}: a layer hook ran outside a forward of this interface "
-            f"(hidden {tuple(hidden.shape)}, layout {None if layout is None else layout.seq_len})"
+            f"{self.name}: a layer hook ran outside a forward of this interface, or in one whose "
+            f"layout was not set (hidden {tuple(hidden.shape)}, "
+            f"layout {None if layout is None else (layout.batch_size, layout.seq_len)})"
         )
 
     def _set_layout(self, layout: TokenLayout | None) -> None:

@@ -478,10 +478,25 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     @contextmanager
     def _layout_for(self, layout: TokenLayout) -> Iterator[None]:
-        self._set_layout(layout)
+        """Each forward inside names its own layout: the batch's first, then one decode step each.
+
+        ``generate`` runs the prefill and then one forward per new token; a pre-hook on the
+        model sets the layout before each of them, so layer hooks are told which positions
+        they see rather than inferring it from a tensor's shape.
+        """
+        calls = 0
+
+        def before_forward(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            nonlocal calls
+            rows = kwargs["input_ids"].shape[0] if kwargs.get("input_ids") is not None else layout.batch_size
+            self._set_layout(layout if calls == 0 else TokenLayout.decode_step(rows, self.device))
+            calls += 1
+
+        handle = self.model.register_forward_pre_hook(before_forward, with_kwargs=True)
         try:
             yield
         finally:
+            handle.remove()
             self._set_layout(None)
 
     # --- generate ----------------------------------------------------------------------------
