@@ -107,7 +107,9 @@ def traces(
     limit: Annotated[int | None, typer.Option(help="seeded sample of this many examples")] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed (default: 0)")] = None,
     strategy: Annotated[str | None, typer.Option(help="majority | loglik (default: majority)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="examples per batch (default: 8)")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="examples per batch (default: what free GPU memory holds; 8 on a CPU)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="trace folder, resumable (default: runs/traces)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML TraceConfig; flags override it")] = None,
     skip_bad: Annotated[
@@ -262,7 +264,9 @@ def evaluate(
         int | None, typer.Option(help="step-1 token budget of the reasoning modes (default 48)")
     ] = None,
     prompts: PromptsOpt = None,
-    batch_size: Annotated[int | None, typer.Option(help="examples per batch (default 8)")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="examples per batch (default: what free GPU memory holds; 8 on a CPU)")
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(help="results JSON, per-item predictions beside it (default runs/results.json)"),

@@ -68,7 +68,7 @@ class TraceConfig(LoadOptions):
     prompts_yaml: Path | None = None  # extra or overriding prompts
     k: int = Field(default=3, gt=0)
     strategy: str = "majority"
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)  # None: from free GPU memory (8 on a CPU)
     shard_examples: int = Field(default=32, gt=0)
     analysis_tokens: int = Field(default=48, gt=0)
     answer_tokens: int = Field(default=10, gt=0)

@@ -38,7 +38,7 @@ class EvalConfig(LoadOptions):
     k: int = Field(default=3, gt=0)  # prompts in the ensemble
     prompts: list[str] | None = None  # the ensemble's prompt ids; None: the first k suited
     prompts_yaml: Path | None = None  # extra or overriding prompts
-    batch_size: int = Field(default=8, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)  # None: from free GPU memory (8 on a CPU)
     analysis_tokens: int | None = Field(default=None, gt=0)  # step-1 budget of reasoning modes
     out: Path = Path("runs/results.json")
     skip_bad: bool = False

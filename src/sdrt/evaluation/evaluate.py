@@ -21,7 +21,7 @@ from sdrt.evaluation.stats import bootstrap_ci, paired_difference
 from sdrt.models.base import VisionLanguageModel
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import PromptLibrary
-from sdrt.reasoning.modes import GenerationBudget, answer_with_mode, parse_mode
+from sdrt.reasoning.modes import GenerationBudget, answer_with_mode, batch_size_for, mode_prompts, parse_mode
 from sdrt.traces.job import select_prompts
 
 
@@ -108,15 +108,24 @@ def evaluate_mode(
     *,
     k: int = 3,
     prompt_ids: Sequence[str] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     on_progress: Callable[[int], None] | None = None,
 ) -> list[ItemResult]:
-    """``prompt_ids``: the ensemble's prompts (default: the first ``k`` suited to the benchmark)."""
+    """``prompt_ids``: the ensemble's prompts (default: the first ``k`` suited to the benchmark).
+
+    ``batch_size`` None: chosen from free GPU memory for this mode's rows (8 on a CPU).
+    """
     ensemble_prompts = select_prompts(
         library, list(prompt_ids) if prompt_ids else None, k, benchmark.task_type
     )
+    if batch_size is None and records:
+        reasoning = mode_prompts(mode, ensemble_prompts, library.get)
+        first = records[0]
+        image = model.encode_images([first.load_image()])[0]
+        batch_size = batch_size_for(model, first, image, reasoning, budget)
+    batch_size = batch_size or 8
     items: list[ItemResult] = []
     for start in range(0, len(records), batch_size):
         batch = list(records[start : start + batch_size])
@@ -231,7 +240,7 @@ def evaluate(
     split: str | None = None,
     k: int = 3,
     prompt_ids: Sequence[str] | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     adapter=None,

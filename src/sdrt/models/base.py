@@ -189,6 +189,15 @@ class VisionLanguageModel(ABC):
     def config_dict(self) -> dict[str, Any]:
         """Architecture config; its hash pins adapters to the model they were trained on."""
 
+    @property
+    def decoder_config(self) -> Any:
+        """The language model's config (layers, heads, sizes): what memory estimates read."""
+        raise NotImplementedError(f"{self.name} does not describe its language model")
+
+    def prompt_tokens(self, image: ImageInput, prompt: Prompt) -> int:
+        """Length in tokens of ``prompt`` rendered with ``image`` (image tokens included)."""
+        raise NotImplementedError(f"{self.name} does not count prompt tokens")
+
     @abstractmethod
     def encode_images(self, images: Sequence[Image.Image]) -> list[EncodedImage]: ...
 
@@ -245,6 +254,11 @@ class VisionLanguageModel(ABC):
     @property
     def num_layers(self) -> int:
         return len(self.decoder_layers)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The language model's dtype (that of its first decoder layer's weights)."""
+        return next(self.decoder_layers.parameters()).dtype
 
     @property
     def config_hash(self) -> str:

@@ -209,6 +209,14 @@ class EmbeddedVLM(VisionLanguageModel):
     def hidden_size(self) -> int:
         return int(self.lm.config.hidden_size)
 
+    @property
+    def decoder_config(self) -> Any:
+        return self.lm.config
+
+    def prompt_tokens(self, image: ImageInput, prompt: Prompt) -> int:
+        before, after = self._prompt_pieces(prompt)
+        return len(before) + self.image_tokens + len(after)
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "backend": BACKEND,

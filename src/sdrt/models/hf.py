@@ -270,6 +270,13 @@ class HFVisionLanguageModel(VisionLanguageModel):
         return int(self.model.config.get_text_config().hidden_size)
 
     @property
+    def decoder_config(self) -> Any:
+        return self.model.config.get_text_config()
+
+    def prompt_tokens(self, image: ImageInput, prompt: Prompt) -> int:
+        return len(self._prompt_ids(prompt, self._features([image])[0]))
+
+    @property
     def max_length(self) -> int:
         return int(getattr(self.model.config.get_text_config(), "max_position_embeddings", 1 << 30))
 

@@ -25,6 +25,28 @@ class GenerationBudget:
     open_tokens: int = 96  # open-ended answers (a description), not a short answer
 
 
+def batch_size_for(
+    model: VisionLanguageModel,
+    record: VQARecord,
+    image: EncodedImage,
+    prompts: Sequence[DualQueryPrompt],
+    budget: GenerationBudget,
+) -> int:
+    """Examples per batch when none is given: what free GPU memory holds (8 on a CPU).
+
+    A row is sized by ``record``'s longest conversation: step 2 with a full-length analysis
+    and answer; an example has one row per prompt (one for direct answers).
+    """
+    from sdrt.models.memory import choose_batch_size
+
+    filler = " ".join(["word"] * budget.analysis_tokens)
+    longest = [p.step2(record.question, filler, record.choices) for p in prompts] or [
+        direct_prompt(record.question, record.choices)
+    ]
+    tokens = max(model.prompt_tokens(image, prompt) for prompt in longest) + budget.answer_tokens
+    return choose_batch_size(model, tokens, max(1, len(prompts)))
+
+
 @dataclass
 class PromptTrace:
     """What one dual-query prompt produced for one example."""
@@ -163,6 +185,16 @@ def parse_mode(mode: str) -> tuple[str, str | None]:
     raise ValueError(f"unknown mode {mode!r}; use direct, dual:<prompt-id>, ensemble or adapter")
 
 
+def mode_prompts(
+    mode: str, ensemble_prompts: Sequence[DualQueryPrompt], library_get
+) -> list[DualQueryPrompt]:
+    """The dual-query prompts a mode runs: none (direct, adapter), one (dual:<id>), or the ensemble's."""
+    kind, prompt_id = parse_mode(mode)
+    if kind in {"direct", "adapter"}:
+        return []
+    return [library_get(prompt_id)] if kind == "dual" else list(ensemble_prompts)
+
+
 def answer_with_mode(
     model: VisionLanguageModel,
     records: Sequence[VQARecord],
@@ -179,12 +211,11 @@ def answer_with_mode(
     Open-ended questions (descriptions) are answered directly only: dual-query prompts end in
     a short-answer instruction.
     """
-    kind, prompt_id = parse_mode(mode)
-    if kind in {"direct", "adapter"}:
+    prompts = mode_prompts(mode, ensemble_prompts, library_get)
+    if not prompts:
         return answer_direct(model, records, images, budget, open_ended)
     if open_ended:
         raise ValueError(
             f"mode {mode!r} answers in a word or phrase; an open-ended benchmark takes direct or adapter"
         )
-    prompts = [library_get(prompt_id)] if kind == "dual" else list(ensemble_prompts)
     return answer_dual_query(model, records, images, prompts, budget, strategy)

@@ -8,7 +8,7 @@ from sdrt.data.records import VQARecord
 from sdrt.models import VisionLanguageModel, load_model
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
-from sdrt.reasoning.modes import GenerationBudget
+from sdrt.reasoning.modes import GenerationBudget, batch_size_for
 from sdrt.traces.generate import DistributedRank, TraceRunStats, generate_traces
 from sdrt.traces.store import TraceStore
 
@@ -32,6 +32,16 @@ def read_data(config: TraceConfig) -> list[VQARecord]:
         skip_bad=config.skip_bad,
         **({"layout": data.layout} if data.layout else {}),
     )
+
+
+def _batch_size(
+    model: VisionLanguageModel, records: list[VQARecord], prompts: list[DualQueryPrompt], config: TraceConfig
+) -> int:
+    if not records:
+        return 1
+    image = model.encode_images([records[0].load_image()])[0]
+    budget = GenerationBudget(config.analysis_tokens, config.answer_tokens)
+    return batch_size_for(model, records[0], image, prompts, budget)
 
 
 def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None) -> TraceRunStats:
@@ -63,7 +73,7 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
             source=config.data.label,
             library_hash=library.content_hash,
             strategy=config.strategy,
-            batch_size=config.batch_size,
+            batch_size=config.batch_size or _batch_size(model, records, prompts, config),
             shard_examples=config.shard_examples,
             budget=GenerationBudget(config.analysis_tokens, config.answer_tokens),
             rank=rank,
