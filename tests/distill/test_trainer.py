@@ -260,3 +260,41 @@ def test_each_trace_folder_keeps_its_own_prompt_library(
                 args = (ex.record.question, analysis, ex.record.choices)
                 assert own.get(prompt_id).step2(*args) in scored, (folder.name, ex.record.id, prompt_id)
                 assert wrong.get(prompt_id).step2(*args) not in scored, (folder.name, ex.record.id, prompt_id)
+
+
+def test_the_frozen_prefix_cache_trains_exactly_like_full_forwards(
+    tiny_model, trace_dir, tmp_path, monkeypatch
+):
+    calls = {"replaced": 0}
+    real = type(tiny_model).prefix_replaced
+
+    def counting(model, below, supply):
+        calls["replaced"] += 1
+        return real(model, below, supply)
+
+    monkeypatch.setattr(type(tiny_model), "prefix_replaced", counting)
+    settings = {"steps": 8, "batch_size": 4, "lr": 2e-2, "warmup_steps": 0}  # 8 examples: 4 epochs
+    cached = run_distillation(config(trace_dir, tmp_path / "cached", **settings), tiny_model)
+    assert calls["replaced"] >= 4  # later epochs ran only the upper layers
+    calls["replaced"] = 0
+    full = run_distillation(config(trace_dir, tmp_path / "full", cache_prefix=False, **settings), tiny_model)
+    assert calls["replaced"] == 0
+    for a, b in zip(cached.history, full.history, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-6), (a, b)
+    assert_same_weights(weights(tmp_path / "cached"), weights(tmp_path / "full"), atol=1e-5)
+
+
+def test_the_prefix_cache_keeps_real_positions_within_its_bound():
+    from sdrt.distill.prefix import FrozenPrefixCache
+
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)  # (B, W, d)
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    one_row = 4 * 3 * 4  # the longer row's bytes at layer 1
+    cache = FrozenPrefixCache(below=2, layers=[1], max_bytes=one_row)
+    cache.put(["a", "b"], {1: hidden}, mask)
+    assert cache.has(["a"]) and not cache.has(["a", "b"]) and cache.full_computes == 1  # b did not fit
+    supplied = cache.supply(["a"], torch.device("cpu"))(1, torch.ones(1, 5, 3))  # a wider batch
+    assert torch.equal(supplied[0, 2:], hidden[0, 1:]) and not supplied[0, :2].any()
+    assert torch.equal(cache.supply(["a"], torch.device("cpu"))(0, hidden[:1]), hidden[:1])  # not kept
+    with pytest.raises(ValueError, match="below"):
+        FrozenPrefixCache(below=2, layers=[0], max_bytes=1)

@@ -64,6 +64,10 @@ class DistillConfig(LoadOptions):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 0
     checkpoint_every: int = Field(default=20, ge=1)
+    # the student's states under the lowest intervened layer, kept per example after its first
+    # step (exact: the layers there are frozen), in at most this many GiB of host memory
+    cache_prefix: bool = True
+    prefix_cache_gb: float = Field(default=4.0, ge=0)
     cache_teacher: bool = False
     teacher_cache_dir: Path | None = (
         None  # default <out>/teacher-cache; runs on the same traces may share one

@@ -34,8 +34,9 @@ from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
+from sdrt.distill.prefix import FrozenPrefixCache
 from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, compute_teacher_targets
-from sdrt.models.base import VisionLanguageModel, gather_positions
+from sdrt.models.base import ScoreOutput, VisionLanguageModel, gather_positions
 from sdrt.prompts.library import PromptLibrary, direct_prompt
 from sdrt.traces.store import TraceStore
 from sdrt.training.core import CHECKPOINTS, load_checkpoint, save_checkpoint, scheduler
@@ -161,6 +162,7 @@ class DistillTrainer:
             if config.cache_teacher
             else None
         )
+        self.prefix = self._prefix_cache()
         self.history: list[StepLog] = []
         self.step = 0
 
@@ -169,6 +171,30 @@ class DistillTrainer:
         if self.config.method == "lora-sft":
             return LoRAAdapter(self.config.lora, self.model)
         return SDRTAdapter.for_model(self.adapter_config(), self.model).to(self.model.device)
+
+    def _prefix_cache(self) -> FrozenPrefixCache | None:
+        """Per-example states under the lowest intervened layer (SDRT adapters only: LoRA edits all)."""
+        c = self.config
+        below = min(self.layers)
+        if c.method != "sdrt" or not c.cache_prefix or below == 0:
+            return None
+        skip = self.adapter_settings.skip
+        keep = {below - 1} | ({skip.source_layer} if skip.enabled else set())
+        return FrozenPrefixCache(below, sorted(keep), int(c.prefix_cache_gb * 2**30))
+
+    def student_forward(
+        self, batch: list[DistillExample], images, prompts, labels, layers: Sequence[int] = ()
+    ) -> ScoreOutput:
+        """The student's scored forward; from an example's second step on, only the upper layers run."""
+        ids = [ex.record.id for ex in batch]
+        if self.prefix is not None and self.prefix.has(ids):
+            with self.model.prefix_replaced(self.prefix.below, self.prefix.supply(ids, self.model.device)):
+                return self.model.score(images, prompts, labels, layers=layers)
+        kept = self.prefix.layers if self.prefix is not None else []
+        out = self.model.score(images, prompts, labels, layers=[*layers, *kept])
+        if self.prefix is not None:
+            self.prefix.put(ids, out.hidden_states, out.layout.attention_mask)
+        return out
 
     @property
     def reads_teachers(self) -> bool:
@@ -216,12 +242,12 @@ class DistillTrainer:
         prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
         if not self.reads_teachers:  # cross-entropy on the pseudo-labels alone
-            out = self.model.score(images, prompts, labels)
+            out = self.student_forward(batch, images, prompts, labels)
             ce = answer_cross_entropy(out.answer_logits, out.answer_ids, out.answer_token_mask).mean()
             return c.loss.ce * ce, {"ce": float(ce.detach())}
         targets = self.teacher_targets(batch, images)
         weights = self._teacher_weights(batch)  # (B, K)
-        out = self.model.score(images, prompts, labels, layers=self.layers)
+        out = self.student_forward(batch, images, prompts, labels, self.layers)
         span = aligned_span(out)
         terms: dict[str, torch.Tensor] = {}
         if c.loss.hidden > 0:
@@ -321,8 +347,8 @@ def run_fingerprint(config: DistillConfig) -> dict:
     """The settings a checkpoint must share with the run that resumes it.
 
     Left out: where files go, how often to checkpoint, where the model is placed (device,
-    device map, attention kernel), and whether teacher targets are cached (the cache is exact
-    and fingerprinted itself).
+    device map, attention kernel), and whether teacher targets or the frozen prefix are cached
+    (both caches are exact; the teacher cache is fingerprinted itself).
     """
     return config.model_dump(
         mode="json",
@@ -330,6 +356,8 @@ def run_fingerprint(config: DistillConfig) -> dict:
             "out",
             "checkpoint_every",
             "cache_teacher",
+            "cache_prefix",
+            "prefix_cache_gb",
             "teacher_cache_dir",
             "device",
             "device_map",

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -292,6 +293,56 @@ class VisionLanguageModel(ABC):
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         return self.decoder_layers[layer].register_forward_hook(torch_hook)
+
+    @contextmanager
+    def captured_layers(self, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+        """Record the outputs (B, L, d) of decoder layers, after any hooks registered before.
+
+        Hooks rather than ``output_hidden_states``: the model's last hidden state is taken
+        after the final norm, not at the last layer's output, and only requested layers are kept.
+        """
+        captured: dict[int, torch.Tensor] = {}
+
+        def record(layer: int) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                captured[layer] = output[0] if isinstance(output, tuple) else output
+
+            return hook
+
+        handles = [
+            self.decoder_layers[layer].register_forward_hook(record(layer)) for layer in sorted(set(layers))
+        ]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def prefix_replaced(
+        self, below: int, supply: Callable[[int, torch.Tensor], torch.Tensor]
+    ) -> Iterator[None]:
+        """Forwards that skip decoder layers ``0 .. below-1``: layer i returns ``supply(i, its input)``.
+
+        For a frozen prefix whose outputs are known (``sdrt distill`` caches them per example):
+        the layers from ``below`` on compute as usual, hooks on the replaced layers still run on
+        what ``supply`` returns, and the embeddings under them still run (cheap). Decoder layers
+        return their hidden states as a tensor (transformers' convention); so does ``supply``.
+        """
+        layers = self.decoder_layers
+        if not 0 < below <= len(layers):
+            raise ModelError(f"{self.name}: cannot replace layers below {below} of {len(layers)}")
+
+        def stand_in(layer: int) -> Callable[..., torch.Tensor]:
+            return lambda hidden_states, *args, **kwargs: supply(layer, hidden_states)
+
+        for layer in range(below):
+            layers[layer].forward = stand_in(layer)
+        try:
+            yield
+        finally:
+            for layer in range(below):
+                del layers[layer].forward  # the class's own forward again
 
     def _hooked(self) -> bool:
         """Whether a layer hook is attached: such hooks expect whole forwards (cache paths skip)."""

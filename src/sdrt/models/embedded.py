@@ -273,22 +273,17 @@ class EmbeddedVLM(VisionLanguageModel):
             if not ids:
                 raise ModelError(f"{self.name}: answer {i} is empty and append_eos is off: nothing to score")
         batch = self._build_batch(images, prompts, answer_ids)
-        captured: dict[int, torch.Tensor] = {}
-        # Registered after any user hook, so the captured states include the user's edits.
-        handles = [
-            self.decoder_layers[layer].register_forward_hook(_capture(captured, layer)) for layer in layers
-        ]
         self._set_layout(batch.layout)
         try:
-            hidden = self.lm.model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state  # (B, L, d), after the final norm
+            # Registered after any user hook, so the captured states include the user's edits.
+            with self.captured_layers(layers) as captured:
+                hidden = self.lm.model(
+                    inputs_embeds=batch.inputs_embeds,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                ).last_hidden_state  # (B, L, d), after the final norm
         finally:
-            for handle in handles:
-                handle.remove()
             self._set_layout(None)
         answer_logits = self._answer_logits(hidden, batch.answer_token_mask)
         return ScoreOutput(
@@ -757,13 +752,6 @@ def _check_lengths(*columns: Sequence[Any]) -> None:
         raise ModelError(f"embedded: images, prompts (and answers) differ in length: {sizes}")
     if sizes[0] == 0:
         raise ModelError("embedded: empty batch")
-
-
-def _capture(store: dict[int, torch.Tensor], layer: int) -> Any:
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        store[layer] = output[0] if isinstance(output, tuple) else output
-
-    return hook
 
 
 @dataclass

@@ -735,7 +735,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         inputs = dict(batch.model_inputs)
         if "logits_to_keep" in self._forward_params:
             inputs["logits_to_keep"] = width + 1  # only the positions that predict answer tokens
-        with self._layout_for(batch.layout), self._capture(layers) as hidden:
+        with self._layout_for(batch.layout), self.captured_layers(layers) as hidden:
             out = self.model(**inputs, use_cache=False)
         logits = out.logits[:, -(width + 1) : -1] if width else out.logits[:, :0]  # (B, T, V)
         return ScoreOutput(
@@ -745,27 +745,6 @@ class HFVisionLanguageModel(VisionLanguageModel):
             answer_ids=_right_padded(answer_ids, width, self.device),
             answer_token_mask=_right_padded_mask(batch.answer_lengths, width, self.device),
         )
-
-    @contextmanager
-    def _capture(self, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-        """Record the outputs of decoder layers, after any hooks registered before this call.
-
-        Hooks rather than ``output_hidden_states``: the model's last hidden state is taken
-        after the final norm, not at the last layer's output, and only requested layers are kept.
-        """
-        captured: dict[int, torch.Tensor] = {}
-        handles = []
-        for layer in sorted(set(layers)):
-
-            def record(module: nn.Module, args: tuple, output: Any, layer: int = layer) -> None:
-                captured[layer] = output[0] if isinstance(output, tuple) else output  # (B, L, d)
-
-            handles.append(self.decoder_layers[layer].register_forward_hook(record))
-        try:
-            yield captured
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 # --- helpers ---------------------------------------------------------------------------------------
