@@ -6,8 +6,9 @@ starts, so the timed part is the student step: image features, forward, backward
 step. The warm-up steps fill the frozen-prefix cache, so the timed steps are those of every
 epoch after the first (the layers under the lowest intervened one are not run); the same
 steps without that cache are timed too. The baseline injects PEFT LoRA (rank 8) into every
-linear layer of the decoder layers, never the vision tower, and trains with CE on the same answer tokens through the same
-``model.score`` call, same batch, same sequence lengths, same gradient clipping.
+linear layer of the decoder layers, never the vision tower, and trains with CE on the same
+answer tokens through the same ``model.score`` call, same batch, same sequence lengths, same
+gradient clipping.
 
 Peak memory: on CUDA ``max_memory_allocated`` above what was allocated before the variant; on
 CPU each variant runs in its own process (``python -m benchmarks.distill_step --worker ...``)
