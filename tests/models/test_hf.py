@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from generation_checks import assert_same_generations
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdrt.models.base import EncodedImage, Generation, ModelError, TokenLayout
@@ -413,10 +414,7 @@ def test_two_step_generation_continues_the_cache_and_matches_recomputation(
     assert fed_blocks[0] == 4 and fed_blocks[1] > 0  # step 2 continued the cache, not only the fallback
     monkeypatch.setattr(tiny_model, "_batch_from_ids", real_batch)
     recomputed = VisionLanguageModel.generate_two_step(tiny_model, encoded, first, follow_up, **kwargs)
-    for mine, plain in zip(continued, recomputed, strict=True):
-        assert [g.token_ids for g in mine] == [g.token_ids for g in plain]
-        for a, b in zip(mine, plain, strict=True):
-            torch.testing.assert_close(a.token_logprobs, b.token_logprobs, atol=2e-4, rtol=0)
+    assert_same_generations(continued, recomputed)
 
 
 def test_two_step_generation_recomputes_while_a_hook_is_attached(tiny_model, image, monkeypatch):
