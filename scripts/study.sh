@@ -9,7 +9,8 @@
 # 2. distillation: the SDRT adapter, its ablations (configs/ablations) and the controls:
 #    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers;
 # 3. evaluation: direct, the K = 7 ensemble and every adapter on the same N_EVAL questions of
-#    SPLIT, with paired intervals against direct (results.json of each folder).
+#    SPLIT, with paired intervals against direct (SPLIT-results-*.json in each folder); easy-vqa
+#    (test split only) joins in the test pass.
 # Every stage runs the embedded model in bfloat16 (the configs' dtype, --dtype here), the same
 # precision for direct answers, the ensemble and every adapter.
 # A killed run picks up where it stopped: traces and distillation resume, finished evaluations
@@ -22,8 +23,27 @@ N_EVAL=${N_EVAL:-500}
 STEPS=${STEPS:-600}
 SDRT=${SDRT:-.venv/bin/sdrt}
 PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall
-EVAL=(--benchmark scenes --benchmark scenes-single-hop --benchmark easy-vqa --split "$SPLIT" --limit "$N_EVAL"
-      --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
+COMMON=(--limit "$N_EVAL" --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
+
+# evaluate OUT MODES...: the scene benchmarks on SPLIT (the multi-hop scenes with every mode,
+# single-hop with all but the ensemble); easy-vqa has no validation split, so it is scored (on
+# its test split) only in the test pass. Each file is kept once written.
+evaluate() {
+    local out=$1
+    shift
+    local plain=() args=("$@") i
+    for ((i = 0; i < ${#args[@]}; i++)); do  # the same flags without "--mode ensemble"
+        if [ "${args[i]}" = --mode ] && [ "${args[i + 1]:-}" = ensemble ]; then i=$((i + 1)); continue; fi
+        plain+=("${args[i]}")
+    done
+    [ -f "$out-scenes.json" ] || $SDRT eval --benchmark scenes --split "$SPLIT" "${COMMON[@]}" "$@" \
+        --out "$out-scenes.json"
+    [ -f "$out-single-hop.json" ] || $SDRT eval --benchmark scenes-single-hop --split "$SPLIT" \
+        "${COMMON[@]}" "${plain[@]}" --out "$out-single-hop.json"
+    if [ "$SPLIT" = test ] && [ ! -f "$out-easy-vqa.json" ]; then
+        $SDRT eval --benchmark easy-vqa "${COMMON[@]}" "${plain[@]}" --out "$out-easy-vqa.json"
+    fi
+}
 
 for source in scenes easy-vqa; do
     $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
@@ -35,16 +55,13 @@ traces=(--traces "$WORK/traces-scenes" --traces "$WORK/traces-easy-vqa")
 cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
 
 # The reasoning baseline: direct answers and the ensemble the adapter learns from.
-base="$WORK/$SPLIT-base.json"
-[ -f "$base" ] || $SDRT eval "${EVAL[@]}" --mode direct --mode ensemble --out "$base"
+evaluate "$WORK/$SPLIT-base" --mode direct --mode ensemble
 
 train() {  # name, config, extra flags...
     local name=$1 config=$2
     shift 2
     $SDRT distill --config "$config" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS" "$@"
-    local results="$WORK/$name/$SPLIT-results.json"
-    [ -f "$results" ] || $SDRT eval "${EVAL[@]}" --mode direct --mode adapter --adapter "$WORK/$name" \
-        --out "$results"
+    evaluate "$WORK/$name/$SPLIT-results" --mode direct --mode adapter --adapter "$WORK/$name"
 }
 
 train sdrt configs/study/sdrt.yaml "${cache[@]}"

@@ -2,10 +2,11 @@
 
     python scripts/study_table.py runs/study validation
 
-Reads ``WORK/SPLIT-base.json`` (direct and ensemble) and ``WORK/<variant>/SPLIT-results.json``
-(direct and adapter, the same questions). Per benchmark: the score with its 95% interval, the
-paired difference against direct with its interval, and the share of answers that differ from
-direct; for the multi-hop scenes also the share of the ensemble's gain the variant keeps.
+Reads ``WORK/SPLIT-base-*.json`` (direct and ensemble) and
+``WORK/<variant>/SPLIT-results-*.json`` (direct and adapter, the same questions), one file per
+benchmark. Per benchmark: the score with its 95% interval, the paired difference against direct
+with its interval, and the share of answers that differ from direct; for the multi-hop scenes
+also the share of the ensemble's gain the variant keeps.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 from sdrt.evaluation.evaluate import EvalResults
+
+ENSEMBLE = "ensemble (K = 7)"
 
 
 def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:
@@ -30,21 +33,31 @@ def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:
     return out
 
 
+def load_all(paths: list[Path]) -> EvalResults:
+    """The results of several ``sdrt eval`` runs (one per benchmark) as one."""
+    merged = EvalResults()
+    for path in sorted(paths):
+        part = EvalResults.load(path)
+        merged.summaries += part.summaries
+        merged.comparisons += part.comparisons
+        merged.items += part.items
+    return merged
+
+
 def main(work: Path, split: str) -> None:
-    base = EvalResults.load(work / f"{split}-base.json")
+    base = load_all(list(work.glob(f"{split}-base-*.json")))
     table = {
         "direct": rows_of(base, "direct", "direct"),
-        "ensemble (K = 7)": rows_of(base, "ensemble", "ensemble"),
+        ENSEMBLE: rows_of(base, ENSEMBLE, "ensemble"),
     }
-    for folder in sorted(p for p in work.iterdir() if (p / f"{split}-results.json").is_file()):
-        table[folder.name] = rows_of(
-            EvalResults.load(folder / f"{split}-results.json"), folder.name, "adapter"
-        )
+    for folder in sorted(p for p in work.iterdir() if list(p.glob(f"{split}-results-*.json"))):
+        results = load_all(list(folder.glob(f"{split}-results-*.json")))
+        table[folder.name] = rows_of(results, folder.name, "adapter")
     benchmarks = sorted({b for rows in table.values() for b in rows})
     ensemble_gain = {
-        b: table["ensemble (K = 7)"][b][2] - table["direct"][b][2]
+        b: table[ENSEMBLE][b][2] - table["direct"][b][2]
         for b in benchmarks
-        if b in table["ensemble (K = 7)"] and b in table["direct"]
+        if b in table[ENSEMBLE] and b in table["direct"]
     }
     for benchmark in benchmarks:
         print(f"\n### {benchmark} ({split})\n")
@@ -65,7 +78,7 @@ def main(work: Path, split: str) -> None:
                 continue
             name, n, score, low, high, diff, dlow, dhigh, changed = rows[benchmark]
             gain = ensemble_gain.get(benchmark, 0.0)
-            kept = f"{100 * diff / gain:.0f}%" if gain > 0 and name != "direct" else ""
+            kept = f"{100 * diff / gain:.0f}%" if gain > 0 and name not in ("direct", ENSEMBLE) else ""
             print(
                 f"| {name} | {n} | {score:.3f} | {low:.3f}–{high:.3f} | {diff:+.3f} | "
                 f"{dlow:+.3f} … {dhigh:+.3f} | {100 * changed:.0f}% | {kept} |"
