@@ -31,6 +31,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         train_easy_vqa=4,
         train_scenes=4,
         eval_examples=3,
+        guard_examples=2,
         distill_steps=2,
         batch_size=4,
         work_dir=tmp_path / "runs",
@@ -40,8 +41,13 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     text = report.read_text()
     results = EvalResults.load(plan.work_dir / "results.json")
     assert {(s.benchmark, s.mode) for s in results.summaries} == {
-        (b, m) for b in ("easy-vqa", "scenes") for m in ("direct", "ensemble", "adapter")
+        ("scenes", "direct"),
+        ("scenes", "ensemble"),
+        ("scenes", "adapter"),
+        *((b, m) for b in ("scenes-single-hop", "easy-vqa") for m in ("direct", "adapter")),
     }
+    assert {s.n for s in results.summaries if s.benchmark == "scenes"} == {3}
+    assert {s.n for s in results.summaries if s.benchmark != "scenes"} == {2}
     rows = {tuple(cells[:2]): cells for cells in table_rows(text)}
     for summary in results.summaries:  # the report shows the very scores the results hold
         cells = rows[(summary.benchmark, summary.mode)]
@@ -69,4 +75,4 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     log = json.loads((plan.work_dir / "adapter" / "train_log.json").read_text())
     assert [entry["step"] for entry in log] == [1, 2, 3]
     assert "distill: reusing" not in text
-    assert "evaluate: reusing" not in text
+    assert "evaluate reasoning: reusing" not in text and "evaluate guards: reusing" not in text

@@ -378,9 +378,15 @@ def benchmarks(
 
 @app.command()
 def demo(
-    eval_examples: Annotated[int, typer.Option(help="held-out questions per benchmark")] = 60,
+    eval_examples: Annotated[int, typer.Option(help="held-out multi-hop scene questions")] = 60,
+    guard_examples: Annotated[
+        int, typer.Option(help="held-out questions of each guard (single-hop scenes, easy-vqa)")
+    ] = 60,
     train_examples: Annotated[int, typer.Option(help="training questions per source (no labels used)")] = 64,
     steps: Annotated[int, typer.Option(help="distillation steps")] = 60,
+    dtype: Annotated[
+        str, typer.Option(help="float32 | bfloat16 (faster on CPUs with bfloat16 units)")
+    ] = "float32",
     work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("report"),
 ) -> None:
@@ -389,9 +395,11 @@ def demo(
 
     run_demo(
         DemoPlan(
+            dtype=dtype,
             train_easy_vqa=train_examples,
             train_scenes=train_examples,
             eval_examples=eval_examples,
+            guard_examples=guard_examples,
             distill_steps=steps,
             work_dir=work_dir,
             report_dir=report_dir,

@@ -1,9 +1,14 @@
 """``sdrt demo``: the whole method end to end on the embedded model, no labels used for training.
 
-1. traces: K dual-query prompts on training questions of easy-vqa and of the multi-hop scenes;
+1. traces: K dual-query prompts on training questions of the multi-hop scenes (and a few
+   easy-vqa ones, so that single shapes stay answered as before);
 2. distill: an SDRT adapter trained on those traces (pseudo-labels, no references);
-3. evaluate: direct, the K-prompt ensemble and the adapter on held-out questions;
-4. report: a Markdown table and plots in ``report/``.
+3. evaluate, on held-out questions: the multi-hop scenes with direct answers, the K-prompt
+   ensemble and the adapter (the reasoning gap and what the adapter keeps of it), and the
+   guards, single-hop scenes and easy-vqa, with direct answers and the adapter (what it must
+   not break);
+4. report: a Markdown table with paired intervals and the share of answers the adapter
+   changes, plots, and a trace viewer in ``report/``.
 
 Every stage writes to ``runs/demo/`` and is skipped on a rerun once its output is complete
 (traces and distillation resume from where a killed run stopped). Each stage's inputs are
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdrt.atomic import atomic_write_text
-from sdrt.config import DataSource, TraceConfig
+from sdrt.config import DataSource, LoadOptions, TraceConfig
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.run import distill_with_progress
 from sdrt.distill.trainer import run_fingerprint
@@ -35,7 +40,8 @@ from sdrt.traces.job import run_trace_job
 from sdrt.training.core import fingerprint_mismatch
 
 TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
-EVAL_BENCHMARKS = ("easy-vqa", "scenes")
+REASONING = ("scenes",)  # scored with every mode
+GUARDS = ("scenes-single-hop", "easy-vqa")  # scored with direct answers and the adapter
 EVAL_MODES = ("direct", "ensemble", "adapter")
 STAGES_FILE = "stages.json"
 
@@ -43,10 +49,12 @@ STAGES_FILE = "stages.json"
 @dataclass(frozen=True)
 class DemoPlan:
     model: str = "embedded"
+    dtype: str = "float32"
     k: int = 3
     train_easy_vqa: int = 64
     train_scenes: int = 64
-    eval_examples: int = 60
+    eval_examples: int = 60  # held-out multi-hop scene questions
+    guard_examples: int = 60  # held-out questions of each guard benchmark
     distill_steps: int = 60
     batch_size: int = 8
     seed: int = 0
@@ -70,6 +78,7 @@ def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
             k=plan.k,
             batch_size=plan.batch_size,
             out=folder,
+            dtype=plan.dtype,
         )
         for name, folder in plan.trace_dirs.items()
     }
@@ -84,6 +93,7 @@ def distill_config(plan: DemoPlan) -> DistillConfig:
         batch_size=plan.batch_size,
         seed=plan.seed,
         cache_teacher=True,
+        dtype=plan.dtype,
     )
 
 
@@ -97,23 +107,37 @@ def distill_inputs(plan: DemoPlan) -> dict[str, Any]:
     return {"settings": run_fingerprint(distill_config(plan)), "traces": traces}
 
 
-def eval_config(plan: DemoPlan) -> EvalConfig:
-    return EvalConfig(
-        model=plan.model,
-        benchmarks=list(EVAL_BENCHMARKS),
-        modes=list(EVAL_MODES),
-        adapter=plan.work_dir / "adapter",
-        limit=plan.eval_examples,
-        seed=plan.seed,
-        k=plan.k,
-        batch_size=plan.batch_size,
-        out=plan.work_dir / "results.json",
-    )
+def eval_configs(plan: DemoPlan) -> dict[str, EvalConfig]:
+    """The reasoning gap with every mode; the guards with direct answers and the adapter."""
+    common = {
+        "model": plan.model,
+        "adapter": plan.work_dir / "adapter",
+        "seed": plan.seed,
+        "k": plan.k,
+        "batch_size": plan.batch_size,
+        "dtype": plan.dtype,
+    }
+    return {
+        "reasoning": EvalConfig(
+            benchmarks=list(REASONING),
+            modes=list(EVAL_MODES),
+            limit=plan.eval_examples,
+            out=plan.work_dir / "results-reasoning.json",
+            **common,
+        ),
+        "guards": EvalConfig(
+            benchmarks=list(GUARDS),
+            modes=["direct", "adapter"],
+            limit=plan.guard_examples,
+            out=plan.work_dir / "results-guards.json",
+            **common,
+        ),
+    }
 
 
-def eval_inputs(plan: DemoPlan) -> dict[str, Any]:
-    """The evaluation settings and the inputs of the adapter it scores."""
-    settings = eval_config(plan).model_dump(mode="json", exclude={"out", "adapter"})
+def eval_inputs(plan: DemoPlan, config: EvalConfig) -> dict[str, Any]:
+    """An evaluation's settings and the inputs of the adapter it scores."""
+    settings = config.model_dump(mode="json", exclude={"out", "adapter"})
     return {**settings, "adapter": distill_inputs(plan)}
 
 
@@ -161,28 +185,42 @@ def run_distill(plan: DemoPlan, model) -> Path:
 
 
 def run_eval(plan: DemoPlan, model) -> EvalResults:
-    config = eval_config(plan)
-    if same_inputs(plan, "evaluate", eval_inputs(plan), config.out) and config.out.exists():
-        console.print(f"evaluate: reusing {config.out}")
-        results = EvalResults.load(config.out)
-        print_table(results_table(results))
-        return results
-    console.rule(f"evaluate: {plan.eval_examples} held-out questions per benchmark")
-    return run_evaluation(config, model)
+    """Both evaluations (each reused when made from the same inputs), as one set of results."""
+    merged = EvalResults()
+    for name, config in eval_configs(plan).items():
+        if (
+            same_inputs(plan, f"evaluate {name}", eval_inputs(plan, config), config.out)
+            and config.out.exists()
+        ):
+            console.print(f"evaluate {name}: reusing {config.out}")
+            part = EvalResults.load(config.out)
+        else:
+            console.rule(
+                f"evaluate {name}: {', '.join(config.benchmarks)} ({config.limit} held-out questions each)"
+            )
+            part = run_evaluation(config, model)
+        merged.summaries += part.summaries
+        merged.comparisons += part.comparisons
+        merged.items += part.items
+    merged.save(plan.work_dir / "results.json")
+    print_table(results_table(merged))
+    return merged
 
 
 def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model(plan.model)
+    model = load_model(plan.model, LoadOptions(dtype=plan.dtype))
     run_traces(plan, model)
     adapter_dir = run_distill(plan, model)
     results = run_eval(plan, model)
     notes = [
-        f"model: {plan.model}; K = {plan.k} prompts; traces on {plan.train_easy_vqa} easy-vqa and "
-        f"{plan.train_scenes} scene training questions (no labels used); "
+        f"model: {plan.model} ({plan.dtype}); K = {plan.k} prompts; traces on {plan.train_scenes} "
+        f"multi-hop scene and {plan.train_easy_vqa} easy-vqa training questions (no labels used); "
         f"{plan.distill_steps} distillation steps",
-        "scores: easy-vqa and scenes use exact match; "
-        "tokens/answer and calls/answer count every generation step",
+        f"held out: {plan.eval_examples} multi-hop scene questions (test scenes) scored with every "
+        f"mode; the guards, {plan.guard_examples} single-hop scene and easy-vqa questions, with "
+        "direct answers and the adapter",
+        "scores: exact match; tokens/answer and calls/answer count every generation step",
     ]
     viewer, _ = write_viewer(
         list(plan.trace_dirs.values()), plan.report_dir / "viewer", results=plan.work_dir / "results.json"
