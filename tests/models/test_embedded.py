@@ -179,7 +179,7 @@ def test_hooks_see_prefill_layout_then_decode_steps(vlm, images):
 def test_encoded_images_reuse_gives_identical_outputs(vlm, images):
     encoded = vlm.encode_images(images)
     assert all(isinstance(e, EncodedImage) and e.backend == "embedded" for e in encoded)
-    assert encoded[0].features.shape == (vlm.image_tokens, 1280)
+    assert encoded[0].features.shape == (vlm.image_tokens, vlm.vision.feature_dim)
     with torch.no_grad():
         raw = vlm.score(images, PROMPTS, ["red", "yes"])
         first = vlm.score(encoded, PROMPTS, ["red", "yes"])
