@@ -68,6 +68,6 @@ def test_traces_without_a_batch_size_size_it_from_the_longest_conversation(tiny_
     first = load_records("easy-vqa", split="train", limit=1)[0]
     image = tiny_model.encode_images([first.load_image()])[0]
     budget = GenerationBudget(analysis_tokens=40, answer_tokens=6)
-    assert batch_size_for(tiny_model, first, image, prompts, budget) == 5
+    assert batch_size_for(tiny_model, first, prompts, budget) == 5
     step1 = tiny_model.prompt_tokens(image, prompts[0].step1(first.question))
     assert seen["rows"] == 2 and seen["tokens"] > step1 + 40  # step 2 holds the analysis and more

@@ -122,9 +122,7 @@ def evaluate_mode(
     )
     if batch_size is None and records:
         reasoning = mode_prompts(mode, ensemble_prompts, library.get)
-        first = records[0]
-        image = model.encode_images([first.load_image()])[0]
-        batch_size = batch_size_for(model, first, image, reasoning, budget)
+        batch_size = batch_size_for(model, records[0], reasoning, budget)
     batch_size = batch_size or 8
     items: list[ItemResult] = []
     for start in range(0, len(records), batch_size):

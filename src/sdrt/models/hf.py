@@ -659,7 +659,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         ids, block_mask, offsets = ids.to(self.device), block_mask.to(self.device), offsets.to(self.device)
         mask = torch.cat([cached.mask, block_mask], dim=1)
         positions = cached.last.unsqueeze(-1) + offsets  # (B, W) or (S, B, W)
-        after_blocks = _Cached(cached.cache, mask, positions[..., -1])
+        blocks_end = mask, positions[..., -1]  # the state after the blocks, before any new token
         eos = torch.tensor(eos_ids := self.eos_token_ids, device=self.device)
         chosen, chosen_logp = [], []
         finished = torch.zeros(size, dtype=torch.bool, device=self.device)
@@ -685,8 +685,9 @@ class HFVisionLanguageModel(VisionLanguageModel):
         fed = len(chosen) - 1
         tokens, logprobs = torch.stack(chosen, 1).tolist(), torch.stack(chosen_logp, 1).tolist()
         generations = [self._generation(t, lp, eos_ids) for t, lp in zip(tokens, logprobs, strict=True)]
-        after_blocks.mask = torch.cat([after_blocks.mask, mask.new_ones(size, fed)], dim=1)
-        return generations, after_blocks, fed
+        blocks_mask, last = blocks_end
+        after = _Cached(cached.cache, torch.cat([blocks_mask, blocks_mask.new_ones(size, fed)], dim=1), last)
+        return generations, after, fed
 
     def _generation(self, ids: list[int], logprobs: list[float], eos_ids: list[int]) -> Generation:
         end = next((i + 1 for i, token in enumerate(ids) if token in eos_ids), len(ids))

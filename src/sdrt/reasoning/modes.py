@@ -28,7 +28,6 @@ class GenerationBudget:
 def batch_size_for(
     model: VisionLanguageModel,
     record: VQARecord,
-    image: EncodedImage,
     prompts: Sequence[DualQueryPrompt],
     budget: GenerationBudget,
 ) -> int:
@@ -39,6 +38,7 @@ def batch_size_for(
     """
     from sdrt.models.memory import choose_batch_size
 
+    image = model.encode_images([record.load_image()])[0]
     filler = " ".join(["word"] * budget.analysis_tokens)
     longest = [p.step2(record.question, filler, record.choices) for p in prompts] or [
         direct_prompt(record.question, record.choices)

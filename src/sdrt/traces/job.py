@@ -34,16 +34,6 @@ def read_data(config: TraceConfig) -> list[VQARecord]:
     )
 
 
-def _batch_size(
-    model: VisionLanguageModel, records: list[VQARecord], prompts: list[DualQueryPrompt], config: TraceConfig
-) -> int:
-    if not records:
-        return 1
-    image = model.encode_images([records[0].load_image()])[0]
-    budget = GenerationBudget(config.analysis_tokens, config.answer_tokens)
-    return batch_size_for(model, records[0], image, prompts, budget)
-
-
 def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None) -> TraceRunStats:
     library = PromptLibrary.load(config.prompts_yaml)
     records = read_data(config)
@@ -64,6 +54,8 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
             "answer_tokens": config.answer_tokens,
         }
     )
+    budget = GenerationBudget(config.analysis_tokens, config.answer_tokens)
+    batch_size = config.batch_size or (batch_size_for(model, records[0], prompts, budget) if records else 1)
     with progress_bar(rank.share(len(records)), f"traces (rank {rank.rank})", unit="ex") as advance:
         return generate_traces(
             model,
@@ -73,9 +65,9 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
             source=config.data.label,
             library_hash=library.content_hash,
             strategy=config.strategy,
-            batch_size=config.batch_size or _batch_size(model, records, prompts, config),
+            batch_size=batch_size,
             shard_examples=config.shard_examples,
-            budget=GenerationBudget(config.analysis_tokens, config.answer_tokens),
+            budget=budget,
             rank=rank,
             skip_bad=config.skip_bad,
             on_progress=advance,
