@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch threads (default 1: on a shared machine more threads stall in parallel regions)",
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="an adapter folder from sdrt distill for the answering figure (default: a fresh identity one)",
+    )
     parser.add_argument("--figures", default=",".join(FIGURES), help=f"subset of {','.join(FIGURES)}")
     args = parser.parse_args(argv)
     chosen = [f.strip() for f in args.figures.split(",") if f.strip()]
@@ -54,8 +59,13 @@ def emit(figure: Figure, collected: list[Figure]) -> None:
 
 
 def run_generation_figures(
-    loaded: LoadedModel, inputs: Inputs, sizes: Sizes, chosen: list[str], collected: list[Figure]
+    loaded: LoadedModel,
+    inputs: Inputs,
+    sizes: Sizes,
+    args: argparse.Namespace,
+    collected: list[Figure],
 ) -> None:
+    chosen = args.figures
     model = loaded.model
     trace_run = None
     trace_generation.warm_up(model, inputs, sizes.budget)
@@ -64,7 +74,7 @@ def run_generation_figures(
         emit(trace_generation.figure(trace_run), collected)
     if "answering" in chosen:
         ensemble = answering.ensemble_run(model, inputs, sizes.budget, sizes.batch_size, trace_run)
-        direct = answering.measure_adapter(model, inputs, sizes.budget, sizes.batch_size)
+        direct = answering.measure_adapter(model, inputs, sizes.budget, sizes.batch_size, args.adapter)
         emit(answering.figure(ensemble, direct), collected)
 
 
@@ -96,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     collected: list[Figure] = []
-    run_generation_figures(loaded, inputs, sizes, args.figures, collected)
+    run_generation_figures(loaded, inputs, sizes, args, collected)
     if "distill" in args.figures:
         for figure in run_distill_figures(loaded, inputs, sizes, args, threads):
             emit(figure, collected)

@@ -2,24 +2,31 @@
 
 This is what distillation buys at inference. The ensemble side is the batched dual-query path
 (the same calls as trace generation), so when the trace-generation figure ran in the same
-process its measurement is reused rather than repeated. The adapter here is freshly built
-(the identity): trained weights would change the words, not the cost of a pass.
+process its measurement is reused rather than repeated. The adapter is one that ``sdrt
+distill`` trained on real traces when ``--adapter`` names its folder (what its answers cost is
+then measured, lengths included); without one it is freshly built (the identity), and the
+figure says that it shows the cost of a pass only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.common import Figure, Inputs, Stopwatch, batches
 from benchmarks.trace_generation import TraceRun, measure
-from sdrt.adapters import SDRTAdapter
+from sdrt.adapters import SDRTAdapter, load_adapter
+from sdrt.adapters.lora import LoRAAdapter
 from sdrt.distill.config import DistillConfig
 from sdrt.models.base import VisionLanguageModel
 from sdrt.reasoning.modes import Answer, GenerationBudget, answer_direct
 
 
-def sdrt_adapter(model: VisionLanguageModel) -> SDRTAdapter:
-    """The adapter ``sdrt distill`` trains by default: LoReFT at the default layers + cross-modal skip."""
+def sdrt_adapter(model: VisionLanguageModel, trained: Path | None = None) -> SDRTAdapter | LoRAAdapter:
+    """The adapter trained at ``trained``, else the one ``sdrt distill`` builds by default
+    (LoReFT at the default layers + cross-modal skip), freshly initialised."""
+    if trained is not None:
+        return load_adapter(trained, model)
     return SDRTAdapter.for_model(DistillConfig().adapter, model)
 
 
@@ -27,6 +34,7 @@ def sdrt_adapter(model: VisionLanguageModel) -> SDRTAdapter:
 class DirectRun:
     watch: Stopwatch
     answers: list[Answer]
+    adapter: str  # which adapter answered: a trained folder, or the identity
 
     @property
     def tokens(self) -> int:
@@ -34,10 +42,14 @@ class DirectRun:
 
 
 def measure_adapter(
-    model: VisionLanguageModel, inputs: Inputs, budget: GenerationBudget, batch_size: int
+    model: VisionLanguageModel,
+    inputs: Inputs,
+    budget: GenerationBudget,
+    batch_size: int,
+    trained: Path | None = None,
 ) -> DirectRun:
     """Direct answers with the adapter attached; images encoded per batch as in the ensemble."""
-    adapter = sdrt_adapter(model)
+    adapter = sdrt_adapter(model, trained)
     watch, answers = Stopwatch(), []
     with adapter.attached(model):
         answer_direct(model, inputs.records[:1], model.encode_images(inputs.images[:1]), budget)  # warm-up
@@ -45,7 +57,8 @@ def measure_adapter(
             with watch.timing(model.device):
                 encoded = model.encode_images(inputs.images[rows])
                 answers.extend(answer_direct(model, inputs.records[rows], encoded, budget))
-    return DirectRun(watch, answers)
+    described = f"trained, {trained}" if trained else "identity (freshly built: the cost of a pass only)"
+    return DirectRun(watch, answers, described)
 
 
 def ensemble_run(
@@ -80,5 +93,6 @@ def figure(ensemble: TraceRun, direct: DirectRun) -> Figure:
             "seconds/answer adapter": direct.watch.seconds / n,
             "time ratio": ensemble.ours.seconds / max(direct.watch.seconds, 1e-9),
             "K": k,
+            "adapter": direct.adapter,
         },
     )

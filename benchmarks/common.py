@@ -190,12 +190,15 @@ class Figure:
     target: str = ""
     met: bool | None = None
     details: dict[str, object] = field(default_factory=dict)
+    by_design: bool = False  # true by construction (a count, not a timing): stated, not measured
 
     def line(self) -> str:
         text = (
             f"{self.name}: baseline {fmt(self.baseline)} {self.unit}, ours {fmt(self.ours)} {self.unit}, "
             f"ratio {self.ratio:.3g} ({self.meaning})"
         )
+        if self.by_design:
+            text += "; a property of the design, not a measurement"
         if self.target:
             verdict = "met" if self.met else "missed"
             text += f"; target {self.target}: {verdict}"

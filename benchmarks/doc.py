@@ -40,6 +40,8 @@ def render(report: Report) -> str:
     ]
     for f in report.figures:
         target = f"{f.target}: **{'met' if f.met else 'missed'}**" if f.target else ""
+        if f.by_design:
+            target += " (a property of the design, not a measurement)"
         lines.append(
             f"| {f.name} ({f.meaning}) | {_num(f.baseline)} {f.unit} | {_num(f.ours)} {f.unit} "
             f"| {f.ratio:.3g} | {target} |"

@@ -86,3 +86,44 @@ def test_gpu_script_parses_and_runs_tiny_on_cpu(tmp_path: Path) -> None:
     found = ratios(out)
     assert all(name in found and found[name] > 0 for name in MAIN_FIGURES), out
     assert (tmp_path / "gpu" / "results.json").is_file()
+
+
+def test_answering_measures_a_trained_adapter_when_given_one(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import answering
+    from benchmarks.common import load_bench_model, make_inputs
+    from sdrt.adapters import save_adapter
+    from sdrt.reasoning.modes import GenerationBudget
+
+    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "cache"))
+    model = load_bench_model("tiny:llava").model
+    inputs = make_inputs(2, 2)
+    budget = GenerationBudget(analysis_tokens=4, answer_tokens=6)
+    trained = answering.sdrt_adapter(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(3.0 * torch.randn_like(parameter))  # far from the identity
+    folder = save_adapter(trained, tmp_path / "adapter")
+    fresh = answering.measure_adapter(model, inputs, budget, 2)
+    loaded = answering.measure_adapter(model, inputs, budget, 2, folder)
+    assert fresh.adapter.startswith("identity") and loaded.adapter.startswith("trained")
+    # the folder's weights answered, not a fresh identity adapter
+    assert [a.raw_answer for a in loaded.answers] != [a.raw_answer for a in fresh.answers]
+
+
+def test_a_figure_true_by_construction_is_stated_as_a_property() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import doc
+    from benchmarks.common import Figure, Machine
+
+    count = Figure("distillation parameters", 8.0, 1.0, "trainable", 0.125, "ours / LoRA", by_design=True)
+    timing = Figure("distillation step", 2.0, 1.0, "s/step", 0.5, "time")
+    assert "property of the design" in count.line() and "property" not in timing.line()
+    report = doc.Report(
+        "cmd", "tiny:llava", "", Machine("cpu", 2, "2.x", 1), [count, timing], "", 1.0, "today"
+    )
+    rows = [line for line in doc.render(report).splitlines() if line.startswith("| distillation")]
+    assert ["property of the design" in row for row in rows] == [True, False]

@@ -443,6 +443,6 @@ def test_two_step_generation_recomputes_while_a_hook_is_attached(tiny_model, ima
     ],
 )
 def test_continuation_keeps_what_the_cache_and_step_2_share(second, analysis, fed, expected):
-    from sdrt.models.hf import _continuation
+    from sdrt.models.base import continuation
 
-    assert _continuation([1, 2], second, analysis, fed) == expected
+    assert continuation([1, 2], second, analysis, fed) == expected

@@ -21,7 +21,15 @@ from sdrt.evaluation.stats import bootstrap_ci, paired_difference
 from sdrt.models.base import VisionLanguageModel
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import PromptLibrary
-from sdrt.reasoning.modes import GenerationBudget, answer_with_mode, batch_size_for, mode_prompts, parse_mode
+from sdrt.reasoning.modes import (
+    GenerationBudget,
+    answer_with_mode,
+    batch_size_for,
+    length_batches,
+    longest_record,
+    mode_prompts,
+    parse_mode,
+)
 from sdrt.traces.job import select_prompts
 
 
@@ -122,11 +130,11 @@ def evaluate_mode(
     )
     if batch_size is None and records:
         reasoning = mode_prompts(mode, ensemble_prompts, library.get)
-        batch_size = batch_size_for(model, records[0], reasoning, budget)
+        batch_size = batch_size_for(model, longest_record(records), reasoning, budget)
     batch_size = batch_size or 8
-    items: list[ItemResult] = []
-    for start in range(0, len(records), batch_size):
-        batch = list(records[start : start + batch_size])
+    items: dict[int, ItemResult] = {}
+    for rows in length_batches(records, batch_size):
+        batch = [records[row] for row in rows]
         began = time.perf_counter()
         images = model.encode_images([r.load_image() for r in batch])
         answers = answer_with_mode(
@@ -141,29 +149,27 @@ def evaluate_mode(
             open_ended=benchmark.prompt_style == "open",
         )
         seconds = (time.perf_counter() - began) / len(batch)
-        for record, answer in zip(batch, answers, strict=True):
-            items.append(
-                ItemResult(
-                    benchmark=benchmark.name,
-                    mode=mode,
-                    record_id=record.id,
-                    question=record.question,
-                    prediction=answer.answer,
-                    raw_prediction=answer.raw_answer,
-                    references=list(record.answers),
-                    score=score(benchmark.metric, answer.answer, record),
-                    generated_tokens=answer.generated_tokens,
-                    model_calls=answer.model_calls,
-                    seconds=seconds,
-                    prompt_answers={t.prompt_id: t.answer for t in answer.traces},
-                    choices=record.choices,
-                    answer_index=record.answer_index,
-                    question_type=record.metadata.get("question_type"),
-                )
+        for row, record, answer in zip(rows, batch, answers, strict=True):
+            items[row] = ItemResult(
+                benchmark=benchmark.name,
+                mode=mode,
+                record_id=record.id,
+                question=record.question,
+                prediction=answer.answer,
+                raw_prediction=answer.raw_answer,
+                references=list(record.answers),
+                score=score(benchmark.metric, answer.answer, record),
+                generated_tokens=answer.generated_tokens,
+                model_calls=answer.model_calls,
+                seconds=seconds,
+                prompt_answers={t.prompt_id: t.answer for t in answer.traces},
+                choices=record.choices,
+                answer_index=record.answer_index,
+                question_type=record.metadata.get("question_type"),
             )
         if on_progress:
             on_progress(len(batch))
-    return items
+    return [items[row] for row in range(len(records))]  # the records' order, whatever the batches'
 
 
 def summarise(benchmark: Benchmark, mode: str, items: Sequence[ItemResult], seed: int = 0) -> ModeSummary:

@@ -151,6 +151,29 @@ def gather_positions(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def continuation(
+    first_ids: Sequence[int], second_ids: Sequence[int], analysis: Sequence[int], fed: int
+) -> tuple[list[int], int] | None:
+    """Step 2's tokens still to feed after step 1's cache, and how many analysis tokens it keeps.
+
+    The one rule both backends continue by. None when step 2 does not start with step 1's
+    prompt (it does not replay step 1 as earlier turns). Of the analysis, the longest start
+    that step 2 repeats token for token and the cache holds (``fed`` tokens) is kept; the rest
+    of step 2 is new. None as well when nothing would be new: no position would predict the
+    answer's first token.
+    """
+    start = len(first_ids)
+    if list(second_ids[:start]) != list(first_ids):
+        return None
+    rest = list(second_ids[start:])
+    kept = 0
+    while kept < min(len(analysis), len(rest), fed) and analysis[kept] == rest[kept]:
+        kept += 1
+    if kept == len(rest):
+        return None
+    return rest[kept:], kept
+
+
 LayerHook = Callable[[int, torch.Tensor, TokenLayout], torch.Tensor | None]
 """``hook(layer_index, hidden (B, L, d), layout) -> new hidden or None``.
 

@@ -45,6 +45,7 @@ from sdrt.models.base import (
     TokenLayout,
     VisionLanguageModel,
     as_conversation,
+    continuation,
 )
 
 BACKEND = "hf"
@@ -585,7 +586,7 @@ class HFVisionLanguageModel(VisionLanguageModel):
         analyses, cached, fed = self._feed(cached, blocks, first_tokens)
         second = list(follow_up(analyses))
         plans = [
-            _continuation(ids, self._prompt_ids(prompt, f), a.token_ids, fed)
+            continuation(ids, self._prompt_ids(prompt, f), a.token_ids, fed)
             for ids, prompt, f, a in zip(first_ids, second, features, analyses, strict=True)
         ]
         answers: list[Generation | None] = [None] * len(second)
@@ -778,26 +779,6 @@ def _prefix_end(ids: list[int], image_token_id: int) -> int:
     last_image = max((i for i, token in enumerate(ids) if token == image_token_id), default=-1)
     end = last_image + 2
     return end if last_image > 0 and end < len(ids) else 1
-
-
-def _continuation(
-    first_ids: list[int], second_ids: list[int], analysis: list[int], fed: int
-) -> tuple[list[int], int] | None:
-    """Row's step-2 tokens still to feed, and how many of its analysis tokens the cache keeps.
-
-    None when step 2 does not start with step 1's prompt. Of the analysis, the longest start
-    that step 2 repeats token for token and the cache holds is kept; the rest of step 2 is new.
-    """
-    start = len(first_ids)
-    if second_ids[:start] != first_ids:
-        return None
-    rest = second_ids[start:]
-    kept = 0
-    while kept < min(len(analysis), len(rest), fed) and analysis[kept] == rest[kept]:
-        kept += 1
-    if kept == len(rest):
-        return None  # step 2 adds nothing after the analysis: nothing would predict its answer
-    return rest[kept:], kept
 
 
 def _left_to_right_aligned(logits: torch.Tensor, lengths: list[int]) -> torch.Tensor:

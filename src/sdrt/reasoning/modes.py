@@ -47,6 +47,30 @@ def batch_size_for(
     return choose_batch_size(model, tokens, max(1, len(prompts)))
 
 
+def length_batches(records: Sequence[VQARecord], batch_size: int) -> list[list[int]]:
+    """Indices of ``records`` in batches of similar length, longest first.
+
+    A batch is left-padded to its longest prompt, so batches of like lengths pad little. The
+    image and the prompt templates are the same for every record; what varies is the
+    question and its choices, so their text length is the key. Longest first: a batch that
+    does not fit in memory fails at once, not after hours; ``longest_record`` is the one to
+    size batches by. Ties keep the records' order, so the batches are deterministic.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(records)), key=lambda i: (-_text_length(records[i]), i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def longest_record(records: Sequence[VQARecord]) -> VQARecord:
+    """The record whose question and choices are longest (the first of equals)."""
+    return records[min(range(len(records)), key=lambda i: (-_text_length(records[i]), i))]
+
+
+def _text_length(record: VQARecord) -> int:
+    return len(record.question) + sum(len(choice) for choice in record.choices or ())
+
+
 @dataclass
 class PromptTrace:
     """What one dual-query prompt produced for one example."""

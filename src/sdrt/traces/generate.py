@@ -19,7 +19,7 @@ from typing import Any
 from sdrt.data.records import DataError, VQARecord
 from sdrt.models.base import VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt
-from sdrt.reasoning.modes import Answer, GenerationBudget, answer_dual_query
+from sdrt.reasoning.modes import Answer, GenerationBudget, answer_dual_query, length_batches
 from sdrt.traces.store import TraceStore
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,8 @@ def generate_traces(
     start = time.perf_counter()
     pending: list[dict[str, Any]] = []
     pending_examples = 0
-    for offset in range(0, len(todo), batch_size):
-        batch = todo[offset : offset + batch_size]
+    for rows in length_batches([record for _, record in todo], batch_size):
+        batch = [todo[row] for row in rows]
         loaded = _load_batch(batch, skip_bad)
         stats.examples_skipped_bad += len(batch) - len(loaded)
         if loaded:

@@ -8,7 +8,7 @@ from sdrt.data.records import VQARecord
 from sdrt.models import VisionLanguageModel, load_model
 from sdrt.progress import progress_bar
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
-from sdrt.reasoning.modes import GenerationBudget, batch_size_for
+from sdrt.reasoning.modes import GenerationBudget, batch_size_for, longest_record
 from sdrt.traces.generate import DistributedRank, TraceRunStats, generate_traces
 from sdrt.traces.store import TraceStore
 
@@ -55,7 +55,9 @@ def run_trace_job(config: TraceConfig, model: VisionLanguageModel | None = None)
         }
     )
     budget = GenerationBudget(config.analysis_tokens, config.answer_tokens)
-    batch_size = config.batch_size or (batch_size_for(model, records[0], prompts, budget) if records else 1)
+    batch_size = config.batch_size or (
+        batch_size_for(model, longest_record(records), prompts, budget) if records else 1
+    )
     with progress_bar(rank.share(len(records)), f"traces (rank {rank.rank})", unit="ex") as advance:
         return generate_traces(
             model,
