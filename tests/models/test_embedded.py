@@ -533,3 +533,22 @@ def test_bfloat16_runs_the_language_model_in_bfloat16_and_keeps_the_config_hash(
 
     assert torch.allclose(answer_logprobs(out), answer_logprobs(full), atol=0.5)
     assert [g.text for g in half.generate(images, prompts, max_new_tokens=6)]
+
+
+def test_a_full_static_cache_is_copied_into_a_larger_one_only_when_needed():
+    from transformers import LlamaConfig, StaticCache
+
+    from sdrt.models.embedded import _with_room
+
+    config = LlamaConfig(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=8)
+    cache = StaticCache(config=config, max_cache_len=8)
+    keys = [torch.randn(3, 1, 5, 4) for _ in range(2)]
+    for layer, key in enumerate(keys):
+        cache.update(key, -key, layer)
+    assert _with_room(cache, 8, config) is cache
+    larger = _with_room(cache, 9, config)
+    assert larger.get_max_length() >= 9 and int(larger.get_seq_length()) == 5
+    for layer, key in enumerate(keys):
+        torch.testing.assert_close(larger.layers[layer].keys[:, :, :5], key)
+        torch.testing.assert_close(larger.layers[layer].values[:, :, :5], -key)
+        assert not larger.layers[layer].keys[:, :, 5:].any()

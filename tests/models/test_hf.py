@@ -430,19 +430,3 @@ def test_two_step_generation_recomputes_while_a_hook_is_attached(tiny_model, ima
             second_tokens=2,
         )
     assert len(calls) == 2  # both steps through the plain path, where hooks see whole forwards
-
-
-@pytest.mark.parametrize(
-    ("second", "analysis", "fed", "expected"),
-    [
-        ([1, 2, 7, 8, 9, 5], [7, 8, 0], 3, ([9, 5], 2)),  # the stop token 0 is not what step 2 writes
-        ([1, 2, 7, 8, 9, 5], [7, 8, 9], 2, ([9, 5], 2)),  # the last analysis token never went in
-        ([1, 2, 6, 8, 9], [7, 8], 2, ([6, 8, 9], 0)),  # step 2 re-tokenized the analysis: start over
-        ([1, 3, 7, 8], [7, 8], 2, None),  # step 2 does not start with step 1's prompt
-        ([1, 2, 7, 8], [7, 8], 2, None),  # nothing after the analysis to predict an answer from
-    ],
-)
-def test_continuation_keeps_what_the_cache_and_step_2_share(second, analysis, fed, expected):
-    from sdrt.models.base import continuation
-
-    assert continuation([1, 2], second, analysis, fed) == expected
