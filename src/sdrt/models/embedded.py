@@ -8,6 +8,7 @@ the language model, which is merged into the weights when shipped weights are lo
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -20,7 +21,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
-from transformers import LogitsProcessorList, StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    Cache,
+    DynamicCache,
+    LogitsProcessorList,
+    StaticCache,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from sdrt.data.records import DataError
 from sdrt.models.base import (
@@ -52,6 +60,7 @@ LORA_PREFIX = "lora."
 # CPU matmul kernels are prepared once per input shape, which costs seconds; rounding the
 # batch width up keeps the number of distinct shapes (and so that cost) small.
 PAD_MULTIPLE = 8
+KV_CACHES = ("static", "dynamic")
 ANSWER_SLOT_MULTIPLE = 4
 
 
@@ -133,8 +142,10 @@ class EmbeddedVLM(VisionLanguageModel):
         *,
         device: torch.device | str = "cpu",
         weights_info: dict[str, Any] | None = None,
+        kv_cache: str = "static",
     ) -> None:
         super().__init__(BACKEND, device)
+        self.kv_cache = _kv_cache_kind(kv_cache)
         self.lm = lm
         self.tokenizer = tokenizer
         self.projector = projector.to(self.device)
@@ -199,6 +210,14 @@ class EmbeddedVLM(VisionLanguageModel):
         }
         lm.to(dtype)
         return cls(lm, tokenizer, projector, spec.encoder(device, cache), device=device, weights_info=info)
+
+    def with_kv_cache(self, kind: str) -> EmbeddedVLM:
+        """The same weights, decoding with another KV cache: ``"static"`` (preallocated, the
+        default) or ``"dynamic"`` (grown by concatenation every step, as transformers'
+        ``DynamicCache`` does and as this backend did before; benchmarks measure against it)."""
+        other = copy.copy(self)
+        other.kv_cache = _kv_cache_kind(kind)
+        return other
 
     # --- interface ---------------------------------------------------------------------------
 
@@ -443,8 +462,11 @@ class EmbeddedVLM(VisionLanguageModel):
         every layer's keys and values at every step, which costs decoding about a quarter of
         its time on a CPU at trace-generation batch sizes.
         """
-        cache = StaticCache(
-            config=self.lm.config, max_cache_len=_round_up(mask.shape[1] + room, PAD_MULTIPLE)
+        capacity = _round_up(mask.shape[1] + room, PAD_MULTIPLE)
+        cache = (
+            StaticCache(config=self.lm.config, max_cache_len=capacity)
+            if self.kv_cache == "static"
+            else DynamicCache(config=self.lm.config)
         )
         state = _DecodeState(cache, mask.new_zeros(mask.shape[0], 0), positions[:, :0], 0, None)
         return self._prefill(state, embeds, mask, positions, layout)
@@ -731,14 +753,21 @@ def merge_lora(lm: nn.Module, lora_state: dict[str, torch.Tensor], lora_config: 
     return merged.eval().requires_grad_(False)
 
 
+def _kv_cache_kind(kind: str) -> str:
+    if kind not in KV_CACHES:
+        raise ModelError(f"embedded: unknown kv_cache {kind!r}; known: {', '.join(KV_CACHES)}")
+    return kind
+
+
 def _block_width(rows: Sequence[Sequence[int] | None]) -> int:
     """Width of a left-padded block of new tokens (a row given None takes one masked slot)."""
     return _round_up(max(len(row) if row else 1 for row in rows), PAD_MULTIPLE)
 
 
-def _with_room(cache: StaticCache, capacity: int, config: Any) -> StaticCache:
-    """``cache`` itself if it holds ``capacity`` positions, else a larger copy of what it holds."""
-    if cache.get_max_length() >= capacity:
+def _with_room(cache: Cache, capacity: int, config: Any) -> Cache:
+    """``cache`` itself if it holds ``capacity`` positions (a dynamic one always does), else a
+    larger copy of what it holds."""
+    if not isinstance(cache, StaticCache) or cache.get_max_length() >= capacity:
         return cache
     held = int(cache.get_seq_length())
     larger = StaticCache(config=config, max_cache_len=_round_up(capacity, PAD_MULTIPLE))
@@ -788,7 +817,7 @@ def _check_lengths(*columns: Sequence[Any]) -> None:
 class _DecodeState:
     """A KV cache and what continuing it needs."""
 
-    cache: StaticCache
+    cache: Cache
     mask: torch.Tensor  # (B, cached) attention over every cached position
     last_position: torch.Tensor  # (B, 1) position id of the last fed token
     fed: int  # generated tokens fed into the cache by the last decode loop
