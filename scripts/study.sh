@@ -3,6 +3,7 @@
 #
 #   bash scripts/study.sh                 # validation scenes: choose settings here
 #   SPLIT=test bash scripts/study.sh      # the held-out report, once the settings are fixed
+#   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all of them)
 #
 # 1. traces: the 7 scene prompts on 2,000 multi-hop questions of training scenes of seed 1
 #    (alignment drew its scenes from seed 0) and 500 easy-vqa training questions; no labels;
@@ -21,7 +22,9 @@ WORK=${WORK:-runs/study}
 SPLIT=${SPLIT:-validation}
 N_EVAL=${N_EVAL:-500}
 STEPS=${STEPS:-600}
+RUNS=${RUNS:-sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on lora-sft self-training}
 SDRT=${SDRT:-.venv/bin/sdrt}
+PYTHON=${PYTHON:-.venv/bin/python}
 PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall
 COMMON=(--limit "$N_EVAL" --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
 
@@ -57,9 +60,10 @@ cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
 # The reasoning baseline: direct answers and the ensemble the adapter learns from.
 evaluate "$WORK/$SPLIT-base" --mode direct --mode ensemble
 
-train() {  # name, config, extra flags...
+train() {  # name, config, extra flags...: skipped unless RUNS names it
     local name=$1 config=$2
     shift 2
+    case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
     $SDRT distill --config "$config" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS" "$@"
     evaluate "$WORK/$name/$SPLIT-results" --mode direct --mode adapter --adapter "$WORK/$name"
 }
@@ -70,4 +74,4 @@ for variant in no-skip uniform-weights ce-only hidden-only gate-on; do
 done
 train lora-sft configs/study/lora-sft.yaml
 train self-training configs/study/self-training.yaml
-.venv/bin/python scripts/study_table.py "$WORK" "$SPLIT"
+"$PYTHON" scripts/study_table.py "$WORK" "$SPLIT"

@@ -1,0 +1,37 @@
+"""scripts/study.sh: which stages run, in which split, with a stand-in for the sdrt command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "study.sh"
+
+
+def run_study(tmp_path: Path, **env: str) -> list[list[str]]:
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "sdrt"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    variables = os.environ | {"SDRT": str(fake), "PYTHON": "true", "WORK": str(tmp_path / "work")} | env
+    subprocess.run(["bash", str(SCRIPT)], check=True, env=variables, timeout=60)
+    return [line.split() for line in log.read_text().splitlines()]
+
+
+def test_runs_names_the_trainings_and_validation_scores_no_easy_vqa(tmp_path):
+    calls = run_study(tmp_path, RUNS="sdrt lora-sft")
+    trained = [call[call.index("--out") + 1].rsplit("/", 1)[1] for call in calls if call[0] == "distill"]
+    assert trained == ["sdrt", "lora-sft"]
+    evaluated = [call[call.index("--benchmark") + 1] for call in calls if call[0] == "eval"]
+    assert "easy-vqa" not in evaluated  # no validation split
+    assert evaluated.count("scenes") == 3  # the base models, then each of the two adapters
+    assert all(call[call.index("--split") + 1] == "validation" for call in calls if call[0] == "eval")
+
+
+def test_the_test_pass_runs_every_training_and_scores_easy_vqa(tmp_path):
+    calls = run_study(tmp_path, SPLIT="test")
+    assert sum(call[0] == "distill" for call in calls) == 8  # the adapter, 5 ablations, 2 controls
+    assert [call[0] for call in calls[:4]] == ["traces", "traces", "label-quality", "label-quality"]
+    easy = [call for call in calls if call[0] == "eval" and "easy-vqa" in call]
+    assert len(easy) == 9 and all("ensemble" not in call for call in easy)
