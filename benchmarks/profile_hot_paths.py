@@ -2,7 +2,7 @@
 
 Two views of the same run: a phase split (decoder-stack forwards grouped into prefill /
 teacher-forced forwards and one-token decode steps, with the share of padded positions), taken
-with hooks on the first and last decoder layer; and the top operators by self time from
+with hooks on the module that runs the decoder stack; and the top operators by self time from
 ``torch.profiler``. Paths: batched trace generation (one ``answer_dual_query`` batch) and
 the distillation student step (``DistillTrainer.train_step`` with precomputed teacher targets).
 """
@@ -48,21 +48,36 @@ class PhaseStats:
         return out
 
 
+def stack_owner(model: VisionLanguageModel) -> torch.nn.Module:
+    """The module whose forward runs the whole decoder stack (the layer list is its child).
+
+    Timing hooks go on it, not on the layers: a hook on a decoder layer would make the backend
+    take its plain path (layer hooks expect whole forwards), and the profile would then show a
+    path that ``sdrt traces`` does not run.
+    """
+    layers = model.decoder_layers
+    for root in (value for value in vars(model).values() if isinstance(value, torch.nn.Module)):
+        for module in root.modules():
+            if any(child is layers for child in module.children()):
+                return module
+    raise ValueError(f"{model.name}: no module holds the decoder layers")
+
+
 @contextmanager
 def phase_hooks(model: VisionLanguageModel) -> Iterator[PhaseStats]:
     """Time each full pass through the decoder stack, keyed by its shape (prefill vs decode step)."""
     stats = PhaseStats()
-    layers = model.decoder_layers
+    owner = stack_owner(model)
     started: list[float] = []
 
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         started.append(time.perf_counter())
 
     def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
         if not started:
             return
         elapsed = time.perf_counter() - started.pop()
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         batch, length = hidden.shape[0], hidden.shape[1]
         if length == 1:
             kind = "decode step (1 token)"
@@ -74,13 +89,13 @@ def phase_hooks(model: VisionLanguageModel) -> Iterator[PhaseStats]:
         stats.seconds[kind] += elapsed
         stats.calls[kind] += 1
         stats.positions[kind] += batch * length
-        layout = model._layout
-        if layout is not None and layout.seq_len == length:
-            stats.padded[kind] += int((~layout.attention_mask).sum())
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:  # the new positions are the mask's last columns
+            stats.padded[kind] += int((mask[:, -length:] == 0).sum())
 
     handles = [
-        layers[0].register_forward_pre_hook(before, with_kwargs=True),
-        layers[-1].register_forward_hook(after, with_kwargs=True),
+        owner.register_forward_pre_hook(before, with_kwargs=True),
+        owner.register_forward_hook(after, with_kwargs=True),
     ]
     try:
         yield stats

@@ -5,8 +5,9 @@ prompts of an example share one prefill of the system turn and image, and step 2
 step 1's KV cache (``generate_two_step``). The baseline is the way one would write it by hand:
 for every example, every prompt and both steps, an independent ``model.generate`` on the raw
 PIL image. The batched path as it was before the cache reuse (every row its own prefill, step 2
-from scratch, the embedded backend's KV cache grown by concatenation) is measured beside both. Same records, prompts, token budgets, greedy decoding.
-The sides alternate batch by batch, so a busy machine slows all alike.
+from scratch, the embedded backend's KV cache grown by concatenation) is measured beside both.
+Same records, prompts, token budgets, greedy decoding. The sides alternate batch by batch, so a
+busy machine slows all alike.
 """
 
 from __future__ import annotations

@@ -127,3 +127,21 @@ def test_a_figure_true_by_construction_is_stated_as_a_property() -> None:
     )
     rows = [line for line in doc.render(report).splitlines() if line.startswith("| distillation")]
     assert ["property of the design" in row for row in rows] == [True, False]
+
+
+def test_the_profiler_times_the_path_traces_run_not_the_plain_one(tmp_path: Path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import Sizes, load_bench_model, make_inputs
+    from benchmarks.profile_hot_paths import phase_hooks
+    from benchmarks.trace_generation import ours_batch
+
+    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "cache"))
+    model = load_bench_model("tiny:llava").model
+    sizes = Sizes.choose(True, 2, 2, 2)
+    inputs = make_inputs(sizes.examples, sizes.k)
+    with phase_hooks(model) as stats:
+        assert not model._hooked()  # a layer hook would switch the backend to its plain path
+        ours_batch(model, inputs, slice(0, 2), sizes.budget)
+    prefills = {kind: n for kind, n in stats.positions.items() if kind.startswith("prefill")}
+    assert len(prefills) >= 3  # the shared prefix, each row's step-1 text, step 2's new tokens
+    assert stats.calls["decode step (1 token)"] > 0
