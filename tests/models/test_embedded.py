@@ -564,3 +564,37 @@ def test_a_dynamic_cache_decodes_the_same_tokens_and_unknown_kinds_are_refused(v
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
     with pytest.raises(ModelError, match="kv_cache"):
         vlm.with_kv_cache("paged")
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        ([40, 40, 40, 4, 4, 4], [(0, 3), (3, 6)]),  # two runs beat padding the short rows to 40
+        ([8, 8, 7, 6], [(0, 4)]),  # one forward: splitting saves less than a forward costs
+        ([3], [(0, 1)]),
+    ],
+)
+def test_segments_split_a_block_where_padding_costs_more_than_a_forward(lengths, expected):
+    from sdrt.models.embedded import _segments
+
+    assert [(run.start, run.stop) for run in _segments(lengths, overhead=16)] == expected
+
+
+def test_a_block_of_short_and_long_prompts_runs_in_segments_and_answers_as_alone(vlm, images, monkeypatch):
+    long_prompt = "Look at every shape, its colour, its size and where it is, then say what the image shows."
+    prompts = ["Hi.", long_prompt, "Hi.", long_prompt]
+    shared = vlm.encode_images(images[:2])
+    encoded = [shared[i // 2] for i in range(4)]  # two rows per image: the prefix is shared
+    batches = []
+    real = vlm._prefill
+    monkeypatch.setattr(
+        vlm, "_prefill", lambda state, embeds, *a: batches.append(embeds.shape[:2]) or real(state, embeds, *a)
+    )
+    together = vlm.generate(encoded, prompts, max_new_tokens=6)
+    assert len(batches) == 3 and batches[1][0] + batches[2][0] == 4  # the prefix, then two runs
+    assert batches[1][1] > batches[2][1]  # the long prompts' run first, the short one narrower
+    monkeypatch.setattr(vlm, "_prefill", real)
+    for image, prompt, generation in zip(encoded, prompts, together, strict=True):
+        alone = vlm.generate([image], [prompt], max_new_tokens=6)[0]
+        assert generation.token_ids == alone.token_ids
+        torch.testing.assert_close(generation.token_logprobs, alone.token_logprobs, atol=2e-4, rtol=0)

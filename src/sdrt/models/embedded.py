@@ -61,6 +61,8 @@ LORA_PREFIX = "lora."
 # batch width up keeps the number of distinct shapes (and so that cost) small.
 PAD_MULTIPLE = 8
 KV_CACHES = ("static", "dynamic")
+# A forward's fixed cost, in positions, when a block of new tokens is split into runs of rows.
+SEGMENT_OVERHEAD = 16
 ANSWER_SLOT_MULTIPLE = 4
 
 
@@ -335,9 +337,10 @@ class EmbeddedVLM(VisionLanguageModel):
         _check_lengths(images, prompts)
         _check_budget(self.name, max_new_tokens)
         decode = _Decoder(_sampler(do_sample, temperature, top_p), seed)
-        state = self._start_shared(images, prompts, room=max_new_tokens)
+        order = self._longest_first(prompts)
+        state = self._start_shared(_picked(images, order), _picked(prompts, order), room=max_new_tokens)
         tokens, logprobs, _ = self._decode(state, max_new_tokens, decode)
-        return self._generations(tokens, logprobs)
+        return _in_callers_order(self._generations(tokens, logprobs), order)
 
     @torch.no_grad()
     def generate_two_step(
@@ -362,10 +365,12 @@ class EmbeddedVLM(VisionLanguageModel):
         _check_budget(self.name, first_tokens)
         _check_budget(self.name, second_tokens)
         decode = _Decoder(None, None)
+        order = self._longest_first(first)  # every list below is in this order
+        images, first = _picked(images, order), _picked(first, order)
         state = self._start_shared(images, first, room=first_tokens)
         tokens, logprobs, state = self._decode(state, first_tokens, decode)
         analyses = self._generations(tokens, logprobs)
-        second = list(follow_up(analyses))
+        second = _picked(list(follow_up(_in_callers_order(analyses, order))), order)
         _check_lengths(images, second)
         hooked = self._hooked()
         blocks = [
@@ -380,12 +385,20 @@ class EmbeddedVLM(VisionLanguageModel):
                 answers[b] = continued[b]
         rest = [b for b, block in enumerate(blocks) if block is None]
         if rest:
-            fresh = self.generate(
-                [images[b] for b in rest], [second[b] for b in rest], max_new_tokens=second_tokens
-            )
+            fresh = self.generate(_picked(images, rest), _picked(second, rest), max_new_tokens=second_tokens)
             for b, generation in zip(rest, fresh, strict=True):
                 answers[b] = generation
-        return analyses, [a for a in answers if a is not None]
+        done = [a for a in answers if a is not None]
+        return _in_callers_order(analyses, order), _in_callers_order(done, order)
+
+    def _longest_first(self, prompts: Sequence[Prompt]) -> list[int]:
+        """Rows by the length of their text after the image, longest first (ties in order).
+
+        Rows of like length then sit next to each other, so a block of new tokens can be
+        prefilled in a few runs of rows, each padded only to its own longest row.
+        """
+        lengths = [len(self._prompt_pieces(p)[1]) for p in prompts]
+        return sorted(range(len(prompts)), key=lambda b: (-lengths[b], b))
 
     def _start_shared(
         self, images: Sequence[ImageInput], prompts: Sequence[Prompt], room: int
@@ -431,10 +444,44 @@ class EmbeddedVLM(VisionLanguageModel):
         """Prefill each row's new tokens after what its cache holds, left-padded in the block.
 
         ``starts[b]`` is row b's next position id (its real length so far). A row given None
-        gets one masked token; its output is not used.
+        gets one masked token; its output is not used. In a preallocated cache the block runs
+        as a few forwards over runs of adjacent rows (``_segments``), each run's tokens
+        right-aligned in the block's slots and padded only to the run's longest row, so a
+        block of short and long prompts does not pay for padding every short row to the longest.
         """
-        size = len(rows)
         width = _block_width(rows)
+        ids, mask, positions = self._block_tensors(rows, starts, width)
+        segments = [slice(0, len(rows))]
+        if isinstance(state.cache, StaticCache) and state.cache.is_initialized:
+            segments = _segments([len(row) if row else 1 for row in rows])
+        if len(segments) == 1:
+            return self._prefill(state, self._embed_tokens(ids), mask, positions, _text_layout(mask))
+        held = state.mask.shape[1]
+        hidden = []
+        for rows_in in segments:
+            cut = width - _block_width(rows[rows_in])  # leading slots all padding for these rows
+            run = _DecodeState(
+                _rows_view(state.cache, rows_in, held + cut),
+                torch.cat([state.mask[rows_in], mask[rows_in, :cut]], dim=1),
+                state.last_position[rows_in],
+                0,
+                None,
+            )
+            part = mask[rows_in, cut:]
+            embeds = self._embed_tokens(ids[rows_in, cut:])
+            hidden.append(
+                self._prefill(run, embeds, part, positions[rows_in, cut:], _text_layout(part)).hidden
+            )
+        for layer in state.cache.layers:
+            layer.cumulative_length.fill_(held + width)
+        full_mask = torch.cat([state.mask, mask], dim=1)
+        return _DecodeState(state.cache, full_mask, positions[:, -1:], 0, torch.cat(hidden))
+
+    def _block_tensors(
+        self, rows: Sequence[list[int] | None], starts: Sequence[int], width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, width) token ids, attention mask and position ids, each row left-padded."""
+        size = len(rows)
         ids = torch.full((size, width), self.image_token_id, dtype=torch.long)
         mask = torch.zeros(size, width, dtype=torch.long)
         positions = torch.zeros(size, width, dtype=torch.long)
@@ -443,10 +490,7 @@ class EmbeddedVLM(VisionLanguageModel):
             ids[b, width - len(tokens) :] = torch.tensor(tokens)
             mask[b, width - len(tokens) :] = 1 if row else 0
             positions[b, width - len(tokens) :] = torch.arange(start, start + len(tokens))
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        none = torch.zeros_like(mask, dtype=torch.bool)
-        layout = TokenLayout(mask.bool(), none, none.clone())
-        return self._prefill(state, self._embed_tokens(ids), mask, positions, layout)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     def _start(
         self,
@@ -751,6 +795,57 @@ def merge_lora(lm: nn.Module, lora_state: dict[str, torch.Tensor], lora_config: 
         raise ModelError(f"embedded model: LoRA weights do not fit SmolLM2: {result.unexpected_keys[:3]}")
     merged = peft_model.merge_and_unload()
     return merged.eval().requires_grad_(False)
+
+
+def _picked(items: Sequence[Any], order: Sequence[int]) -> list[Any]:
+    return [items[i] for i in order]
+
+
+def _in_callers_order(items: Sequence[Any], order: Sequence[int]) -> list[Any]:
+    """Undo ``_picked``: ``items[j]`` belongs to the caller's row ``order[j]``."""
+    out: list[Any] = [None] * len(order)
+    for j, row in enumerate(order):
+        out[row] = items[j]
+    return out
+
+
+def _text_layout(mask: torch.Tensor) -> TokenLayout:
+    none = torch.zeros_like(mask, dtype=torch.bool)
+    return TokenLayout(mask.bool(), none, none.clone())
+
+
+def _segments(lengths: Sequence[int], overhead: int = SEGMENT_OVERHEAD) -> list[slice]:
+    """Runs of adjacent rows, each padded to its own longest row, that cost the fewest padded
+    positions plus ``overhead`` positions per forward (dynamic programming over cut points;
+    no library partitions a sequence this way)."""
+    count = len(lengths)
+    best = [0] + [float("inf")] * count
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        longest = 0
+        for start in range(end - 1, -1, -1):
+            longest = max(longest, lengths[start])
+            cost = best[start] + (end - start) * _round_up(longest, PAD_MULTIPLE) + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    runs, end = [], count
+    while end > 0:
+        runs.append(slice(cut[end], end))
+        end = cut[end]
+    return runs[::-1]
+
+
+def _rows_view(cache: StaticCache, rows: slice, length: int) -> StaticCache:
+    """A cache over ``rows`` of ``cache`` that writes into the same storage, next at slot
+    ``length`` (the rows' leading block slots stay empty and masked)."""
+    view = copy.copy(cache)
+    view.layers = []
+    for layer in cache.layers:
+        part = copy.copy(layer)
+        part.keys, part.values = layer.keys[rows], layer.values[rows]  # views: writes land in cache
+        part.cumulative_length = torch.tensor(length, device=layer.keys.device)
+        view.layers.append(part)
+    return view
 
 
 def _kv_cache_kind(kind: str) -> str:
