@@ -164,9 +164,11 @@ class Stopwatch:
             yield
         finally:
             synchronize(device)
-            lap = time.perf_counter() - start
-            self.laps.append(lap)
-            self.seconds += lap
+            self.add(time.perf_counter() - start)
+
+    def add(self, lap: float) -> None:
+        self.laps.append(lap)
+        self.seconds += lap
 
 
 def synchronize(device: torch.device | None) -> None:

@@ -37,7 +37,7 @@ class Row:
 def _row(
     model: VisionLanguageModel, inputs: Inputs, varied: str, value: int, budget: GenerationBudget, batch: int
 ) -> Row:
-    run = measure(model, inputs, budget, batch, with_baseline=False)
+    run = measure(model, inputs, budget, batch, with_baseline=False, repeats=1)
     return Row(
         varied,
         value,
