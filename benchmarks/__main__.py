@@ -71,7 +71,8 @@ def run_generation_figures(
     trace_generation.warm_up(model, inputs, sizes.budget)
     if "traces" in chosen:
         trace_run = trace_generation.measure(model, inputs, sizes.budget, sizes.batch_size)
-        emit(trace_generation.figure(trace_run), collected)
+        for figure in trace_generation.figures(trace_run):
+            emit(figure, collected)
     if "answering" in chosen:
         ensemble = answering.ensemble_run(model, inputs, sizes.budget, sizes.batch_size, trace_run)
         direct = answering.measure_adapter(model, inputs, sizes.budget, sizes.batch_size, args.adapter)

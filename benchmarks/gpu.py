@@ -146,7 +146,7 @@ def run_figures(model: HFVisionLanguageModel, sizes: Sizes, gpu: str) -> list[Fi
     trace_generation.warm_up(model, inputs, sizes.budget)
     reset_peak(device)
     trace = trace_generation.measure(model, inputs, sizes.budget, sizes.batch_size)
-    figures = [trace_generation.figure(trace)]
+    figures = trace_generation.figures(trace)
     figures[0].details |= {
         "tokens/s baseline": trace.naive_tokens / trace.naive.seconds,
         "tokens/s ours": trace.ours_tokens / trace.ours.seconds,

@@ -167,38 +167,49 @@ def warm_up(model: VisionLanguageModel, inputs: Inputs, budget: GenerationBudget
     ours_batch(model, inputs.first(1), slice(0, 1), small)
 
 
-def figure(run: TraceRun) -> Figure:
+def figures(run: TraceRun) -> list[Figure]:
+    """Against the naive path, and (when it ran) against the batched path before cache reuse."""
     n = run.examples
     naive, ours = run.naive.seconds / n, run.ours.seconds / n
     same_answer, same_analysis, total = run.agreement()
     speedup = naive / ours
-    plain = run.plain.seconds / n if run.plain_answers else float("nan")
-    same_as_plain = sum(
-        a.traces[i].answer == b.traces[i].answer
-        for a, b in zip(run.ours_answers, run.plain_answers, strict=False)
-        for i in range(len(a.traces))
-    )
-    return Figure(
-        name="trace generation",
-        baseline=naive,
-        ours=ours,
-        unit="s/example",
-        ratio=speedup,
-        meaning="speed-up, baseline / ours",
-        target=f">= {SPEEDUP_TARGET:g}x",
-        met=speedup >= SPEEDUP_TARGET,
-        details={
-            "examples": n,
-            "K": run.k,
-            "answers agree": f"{same_answer}/{total}",
-            "analyses agree": f"{same_analysis}/{total}",
-            "tokens baseline/ours": f"{run.naive_tokens}/{run.ours_tokens}",
-            "batched before cache reuse, s/example": round(plain, 4),
-            "speed-up vs batched before cache reuse": (
-                f"{plain / ours:.2f}x (target >= {PLAIN_SPEEDUP_TARGET:g}x)"
-                if run.plain_answers
-                else "not run"
-            ),
-            "answers agree with it": f"{same_as_plain}/{total}" if run.plain_answers else "not run",
-        },
-    )
+    out = [
+        Figure(
+            name="trace generation",
+            baseline=naive,
+            ours=ours,
+            unit="s/example",
+            ratio=speedup,
+            meaning="speed-up, baseline / ours",
+            target=f">= {SPEEDUP_TARGET:g}x",
+            met=speedup >= SPEEDUP_TARGET,
+            details={
+                "examples": n,
+                "K": run.k,
+                "answers agree": f"{same_answer}/{total}",
+                "analyses agree": f"{same_analysis}/{total}",
+                "tokens baseline/ours": f"{run.naive_tokens}/{run.ours_tokens}",
+            },
+        )
+    ]
+    if run.plain_answers:
+        plain = run.plain.seconds / n
+        same = sum(
+            a.traces[i].answer == b.traces[i].answer
+            for a, b in zip(run.ours_answers, run.plain_answers, strict=True)
+            for i in range(len(a.traces))
+        )
+        out.append(
+            Figure(
+                name="trace generation against the earlier batched path",
+                baseline=plain,
+                ours=ours,
+                unit="s/example",
+                ratio=plain / ours,
+                meaning="speed-up, batched before cache reuse / ours",
+                target=f">= {PLAIN_SPEEDUP_TARGET:g}x",
+                met=plain / ours >= PLAIN_SPEEDUP_TARGET,
+                details={"answers agree": f"{same}/{total}"},
+            )
+        )
+    return out
