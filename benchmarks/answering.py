@@ -89,9 +89,9 @@ def figure(ensemble: TraceRun, direct: DirectRun) -> Figure:
         target=f">= 2K = {target}x",
         met=token_ratio >= target,
         details={
-            "seconds/answer ensemble": ensemble.ours.seconds / n,
+            "seconds/answer ensemble": ensemble.ours_mean.seconds / n,
             "seconds/answer adapter": direct.watch.seconds / n,
-            "time ratio": ensemble.ours.seconds / max(direct.watch.seconds, 1e-9),
+            "time ratio": ensemble.ours_mean.seconds / max(direct.watch.seconds, 1e-9),
             "K": k,
             "adapter": direct.adapter,
         },

@@ -22,7 +22,11 @@ WORK=${WORK:-runs/study}
 SPLIT=${SPLIT:-validation}
 N_EVAL=${N_EVAL:-500}
 STEPS=${STEPS:-600}
-RUNS=${RUNS:-sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on lora-sft self-training}
+ALL_RUNS="sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on lora-sft self-training"
+RUNS=${RUNS:-$ALL_RUNS}
+for run in $RUNS; do  # a misspelt name would silently train nothing
+    case " $ALL_RUNS " in *" $run "*) ;; *) echo "RUNS: unknown training '$run'; known: $ALL_RUNS" >&2; exit 2 ;; esac
+done
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
 PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall

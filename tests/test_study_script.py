@@ -35,3 +35,11 @@ def test_the_test_pass_runs_every_training_and_scores_easy_vqa(tmp_path):
     assert [call[0] for call in calls[:4]] == ["traces", "traces", "label-quality", "label-quality"]
     easy = [call for call in calls if call[0] == "eval" and "easy-vqa" in call]
     assert len(easy) == 9 and all("ensemble" not in call for call in easy)
+
+
+def test_an_unknown_training_name_stops_the_study_before_anything_runs(tmp_path):
+    import pytest
+
+    with pytest.raises(subprocess.CalledProcessError):
+        run_study(tmp_path, RUNS="sdrt,lora-sft")
+    assert not (tmp_path / "calls.txt").exists()

@@ -557,9 +557,10 @@ def test_a_full_static_cache_is_copied_into_a_larger_one_only_when_needed():
 def test_a_dynamic_cache_decodes_the_same_tokens_and_unknown_kinds_are_refused(vlm, images):
     from sdrt.models.base import ModelError
 
+    shared = vlm.encode_images(images[:1]) * 2  # one image, two rows: the shared-prefix path
     prompts = ["Describe the image.", "What color is the shape?"]
-    static = vlm.generate(images, prompts, max_new_tokens=6)
-    dynamic = vlm.with_kv_cache("dynamic").generate(images, prompts, max_new_tokens=6)
+    static = vlm.generate(shared, prompts, max_new_tokens=6)
+    dynamic = vlm.with_kv_cache("dynamic").generate(shared, prompts, max_new_tokens=6)
     assert vlm.kv_cache == "static"  # the copy changed, the model did not
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
     with pytest.raises(ModelError, match="kv_cache"):

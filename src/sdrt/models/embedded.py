@@ -216,7 +216,9 @@ class EmbeddedVLM(VisionLanguageModel):
     def with_kv_cache(self, kind: str) -> EmbeddedVLM:
         """The same weights, decoding with another KV cache: ``"static"`` (preallocated, the
         default) or ``"dynamic"`` (grown by concatenation every step, as transformers'
-        ``DynamicCache`` does and as this backend did before; benchmarks measure against it)."""
+        ``DynamicCache`` does and as this backend did before; benchmarks measure against it).
+        The copy shares the language model, so use it while no layer hook is attached: a hook
+        added through the original reads the original's layout, which the copy does not set."""
         other = copy.copy(self)
         other.kv_cache = _kv_cache_kind(kind)
         return other
@@ -370,8 +372,9 @@ class EmbeddedVLM(VisionLanguageModel):
         state = self._start_shared(images, first, room=first_tokens)
         tokens, logprobs, state = self._decode(state, first_tokens, decode)
         analyses = self._generations(tokens, logprobs)
-        second = _picked(list(follow_up(_in_callers_order(analyses, order))), order)
+        second = list(follow_up(_in_callers_order(analyses, order)))
         _check_lengths(images, second)
+        second = _picked(second, order)
         hooked = self._hooked()
         blocks = [
             None if hooked else self._continuation(first[b], analyses[b], second[b], state.fed)
