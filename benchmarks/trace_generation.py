@@ -139,22 +139,17 @@ def measure(
         sides = {"ours": (model, run.ours, run.ours_answers)}
         if with_baseline:
             sides["plain"] = (PlainBatched(model), run.plain, run.plain_answers)
-        fastest = dict.fromkeys(sides, float("inf"))
-        ours_laps = []
+        laps = {name: Stopwatch() for name in sides}
         for repeat in range(repeats):
             for name in sides if (number + repeat) % 2 == 0 else reversed(list(sides)):
                 side_model, _, answers = sides[name]
-                lap = Stopwatch()
-                with lap.timing(model.device):
+                with laps[name].timing(model.device):
                     out = ours_batch(side_model, inputs, rows, budget)
-                fastest[name] = min(fastest[name], lap.seconds)
-                if name == "ours":
-                    ours_laps.append(lap.seconds)
                 if repeat == 0:
                     answers.extend(out)
         for name, (_, watch, _) in sides.items():
-            watch.add(fastest[name])
-        run.ours_mean.add(sum(ours_laps) / len(ours_laps))
+            watch.add(min(laps[name].laps))
+        run.ours_mean.add(laps["ours"].seconds / repeats)
         if with_baseline and not naive_first:
             _naive_batch(run, model, inputs, rows, budget)
     return run

@@ -58,17 +58,19 @@ def length_batches(records: Sequence[VQARecord], batch_size: int) -> list[list[i
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(records)), key=lambda i: (-_text_length(records[i]), i))
+    order = _longest_first(records)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def longest_record(records: Sequence[VQARecord]) -> VQARecord:
     """The record whose question and choices are longest (the first of equals)."""
-    return records[min(range(len(records)), key=lambda i: (-_text_length(records[i]), i))]
+    return records[_longest_first(records)[0]]
 
 
-def _text_length(record: VQARecord) -> int:
-    return len(record.question) + sum(len(choice) for choice in record.choices or ())
+def _longest_first(records: Sequence[VQARecord]) -> list[int]:
+    """Indices by question + choices length, longest first, ties in the records' order."""
+    lengths = [len(r.question) + sum(len(choice) for choice in r.choices or ()) for r in records]
+    return sorted(range(len(records)), key=lambda i: (-lengths[i], i))
 
 
 @dataclass
