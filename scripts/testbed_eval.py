@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="the language model's precision"
     )
     parser.add_argument("--out", type=Path, default=None, help="write the full results here (JSON)")
+    parser.add_argument(
+        "--records-out",
+        type=Path,
+        default=None,
+        help="every multi-hop record's answers (JSONL: direct, each prompt's analysis and answer)",
+    )
     parser.add_argument("--skip-perception", action="store_true")
     parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
     return parser.parse_args(argv)
@@ -100,17 +106,18 @@ def reasoning(vlm: EmbeddedVLM, skills: dict[str, str], args: argparse.Namespace
     prompts = [library.get(prompt_id) for prompt_id in skills]
     records = load_records("scenes:multi-hop", split=args.split, limit=args.n, seed=args.seed)
     budget = GenerationBudget(analysis_tokens=args.analysis_tokens, answer_tokens=8)
-    direct, by_prompt, traces_of = [], defaultdict(list), []
+    direct, by_prompt, traces_of, direct_answers = [], defaultdict(list), [], []
     for chunk in batches(records, max(1, args.batch_size // len(prompts)) or 1):
         images = vlm.encode_images([r.load_image() for r in chunk])
-        direct += [
-            score("exact_match", a.answer, r)
-            for a, r in zip(answer_direct(vlm, chunk, images), chunk, strict=True)
-        ]
+        chunk_direct = answer_direct(vlm, chunk, images)
+        direct_answers += [a.answer for a in chunk_direct]
+        direct += [score("exact_match", a.answer, r) for a, r in zip(chunk_direct, chunk, strict=True)]
         for record, answer in zip(chunk, answer_dual_query(vlm, chunk, images, prompts, budget), strict=True):
             traces_of.append((record, answer.traces))
             for trace in answer.traces:
                 by_prompt[trace.prompt_id].append(score("exact_match", trace.answer, record))
+    if args.records_out:
+        write_records(args.records_out, traces_of, direct_answers)
     vote = get_strategy("majority")
 
     def ensemble_scores(ids: list[str]) -> list[float]:
@@ -150,6 +157,31 @@ def reasoning(vlm: EmbeddedVLM, skills: dict[str, str], args: argparse.Namespace
         },
         "analyses": analysis_quality(traces_of, skills),
     }
+
+
+def write_records(path: Path, traces_of: list, direct_answers: list[str]) -> None:
+    """One JSON line per record, so that ensembles and filters can be studied without rerunning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for (record, traces), direct in zip(traces_of, direct_answers, strict=True):
+            row = {
+                "id": record.id,
+                "question": record.question,
+                "question_type": record.metadata["question_type"],
+                "answers": list(record.answers),
+                "direct": direct,
+                "prompts": [
+                    {
+                        "prompt_id": t.prompt_id,
+                        "analysis": t.analysis,
+                        "answer": t.answer,
+                        "logprob": t.answer_logprob,
+                        "mean_logprob": t.answer_mean_logprob,
+                    }
+                    for t in traces
+                ],
+            }
+            out.write(json.dumps(row) + "\n")
 
 
 def analysis_quality(traces_of: list, skills: dict[str, str]) -> dict[str, dict]:

@@ -71,6 +71,21 @@ def loglik_weighted_vote(candidates: Sequence[Candidate], temperature: float = 1
     return _decide(candidates, softmax([c.confidence / temperature for c in candidates]))
 
 
+def fixed_weight_vote(candidates: Sequence[Candidate], weights: Mapping[str, float]) -> EnsembleResult:
+    """Vote with one fixed weight per prompt (v_k = ``weights[prompt_id]``), e.g. a reliability estimate.
+
+    Unlike the per-example strategies above, the weights come from outside the example: from
+    how often each prompt agrees with the others over a whole dataset (``sdrt.reasoning.reliability``).
+    """
+    _check(candidates)
+    unknown = [c.prompt_id for c in candidates if c.prompt_id not in weights]
+    if unknown:
+        raise ValueError(f"no vote weight for prompts {unknown}; weights cover {sorted(weights)}")
+    if any(w < 0 or math.isnan(w) for w in weights.values()):
+        raise ValueError(f"vote weights must be non-negative numbers, got {dict(weights)}")
+    return _decide(candidates, [weights[c.prompt_id] for c in candidates])
+
+
 ENSEMBLE_STRATEGIES: Mapping[str, EnsembleStrategy] = MappingProxyType(
     {"majority": majority_vote, "loglik": loglik_weighted_vote}
 )
@@ -80,8 +95,14 @@ def get_strategy(name: str) -> EnsembleStrategy:
     try:
         return ENSEMBLE_STRATEGIES[name]
     except KeyError:
+        hint = (
+            " (reliability weighting needs the whole dataset's answers: `labels: reliability` in a"
+            " distill config, or `--strategy reliability` for `sdrt eval`)"
+            if name == "reliability"
+            else ""
+        )
         raise KeyError(
-            f"unknown ensemble strategy {name!r}; known: {', '.join(ENSEMBLE_STRATEGIES)}"
+            f"unknown ensemble strategy {name!r}; known: {', '.join(ENSEMBLE_STRATEGIES)}{hint}"
         ) from None
 
 
