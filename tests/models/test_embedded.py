@@ -599,3 +599,53 @@ def test_a_block_of_short_and_long_prompts_runs_in_segments_and_answers_as_alone
         alone = vlm.generate([image], [prompt], max_new_tokens=6)[0]
         assert generation.token_ids == alone.token_ids
         torch.testing.assert_close(generation.token_logprobs, alone.token_logprobs, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("live", "expected"),
+    [
+        ([True] * 6, [(0, 6)]),  # everyone decodes: one forward over all rows
+        ([True, True] + [False] * 14, [(0, 8)]),  # two live rows, widened to a multiple of 8
+        ([True] + [False] * 22 + [True], [(0, 8), (16, 24)]),  # far apart: two runs
+        ([True, False, False, True] + [False] * 12, [(0, 8)]),  # a small gap is decoded through
+        ([False] * 20 + [True] * 4, [(16, 24)]),  # widened backwards at the end
+    ],
+)
+def test_live_runs_cover_every_live_row_in_few_wide_runs(live, expected):
+    from sdrt.models.embedded import _live_runs
+
+    runs = _live_runs(live, gap=4, multiple=8)
+    assert [(run.start, run.stop) for run in runs] == expected
+    covered = {row for run in runs for row in range(run.start, run.stop)}
+    assert {row for row, alive in enumerate(live) if alive} <= covered
+
+
+def test_stopped_rows_leave_the_decode_steps_and_tokens_do_not_change(vlm, images, monkeypatch):
+    from functools import partial
+
+    from sdrt.models import embedded
+
+    # decode runs exactly as wide as the live rows
+    monkeypatch.setattr(embedded, "_live_runs", partial(embedded._live_runs, gap=1, multiple=1))
+    prompts = ["Say yes.", "Describe the image in detail.", "Say no.", "What color is the shape?"]
+    rows = [images[i % 2] for i in range(4)]
+    widths = []
+    real = vlm._decode_step
+    monkeypatch.setattr(
+        vlm,
+        "_decode_step",
+        lambda cache, token, mask, positions, hidden, runs: (
+            widths.append(sum(r.stop - r.start for r in runs))
+            or real(cache, token, mask, positions, hidden, runs)
+        ),
+    )
+    static = vlm.generate(rows, prompts, max_new_tokens=16)
+    monkeypatch.setattr(vlm, "_decode_step", real)
+    dynamic = vlm.with_kv_cache("dynamic").generate(rows, prompts, max_new_tokens=16)
+    assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
+    for a, b in zip(static, dynamic, strict=True):
+        torch.testing.assert_close(a.token_logprobs, b.token_logprobs, atol=2e-4, rtol=0)
+    lengths = [len(g.token_ids) for g in static]
+    if min(lengths) == max(lengths):
+        pytest.skip("no row stopped before another with these weights")
+    assert widths[0] == 4 and min(widths) == sum(n > min(lengths) for n in lengths)

@@ -63,6 +63,9 @@ PAD_MULTIPLE = 8
 KV_CACHES = ("static", "dynamic")
 # A forward's fixed cost, in positions, when a block of new tokens is split into runs of rows.
 SEGMENT_OVERHEAD = 16
+# A decode step skips rows that have stopped unless fewer than this many stopped rows lie
+# between two runs of live ones (a forward's fixed cost, in rows; an estimate).
+DECODE_GAP = 4
 ANSWER_SLOT_MULTIPLE = 4
 
 
@@ -555,6 +558,10 @@ class EmbeddedVLM(VisionLanguageModel):
         chosen_logp: list[torch.Tensor] = []
         finished = torch.zeros(size, dtype=torch.bool, device=self.device)
         stop = torch.tensor(self.stop_ids, device=self.device)
+        # Rows that stopped are left out of later steps, which writes nothing into their cache
+        # slots: only a preallocated cache can be written a few rows at a time, and hooks
+        # expect every row at every step. Step 2 masks those slots (``_continue``).
+        skip_stopped = isinstance(state.cache, StaticCache) and not self._hooked()
         try:
             for step in range(max_new_tokens):
                 logits = self.lm.lm_head(hidden).float()  # (B, V)
@@ -562,19 +569,14 @@ class EmbeddedVLM(VisionLanguageModel):
                 token = torch.where(finished, torch.full_like(token, self.image_token_id), token)
                 chosen.append(token)
                 chosen_logp.append(torch.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1))
+                live = (~finished).tolist()  # rows whose token this step is real (or their stop)
                 finished = finished | torch.isin(token, stop)
                 if bool(finished.all()) or step + 1 == max_new_tokens:
                     break
                 mask = torch.cat([mask, mask.new_ones(size, 1)], dim=1)
                 positions = positions + 1
-                self._set_layout(TokenLayout.decode_step(size, self.device))
-                hidden = self.lm.model(
-                    inputs_embeds=self._embed_tokens(token[:, None]),
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=state.cache,
-                    use_cache=True,
-                ).last_hidden_state[:, -1]
+                runs = _live_runs(live) if skip_stopped else [slice(0, size)]
+                hidden = self._decode_step(state.cache, token, mask, positions, hidden, runs)
         finally:
             self._set_layout(None)
         fed = len(chosen) - 1
@@ -583,6 +585,41 @@ class EmbeddedVLM(VisionLanguageModel):
             torch.stack(chosen_logp, 1),
             _DecodeState(state.cache, mask, positions, fed, None),
         )
+
+    def _decode_step(
+        self,
+        cache: Cache,
+        token: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        runs: list[slice],
+    ) -> torch.Tensor:
+        """Feed one token per row of ``runs`` (all rows: one forward); other rows keep ``hidden``."""
+        size = token.shape[0]
+        if len(runs) == 1 and runs[0] == slice(0, size):
+            self._set_layout(TokenLayout.decode_step(size, self.device))
+            return self.lm.model(
+                inputs_embeds=self._embed_tokens(token[:, None]),
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+        held = mask.shape[1] - 1  # cache slots written before this token
+        hidden = hidden.clone()
+        for rows in runs:
+            self._set_layout(TokenLayout.decode_step(rows.stop - rows.start, self.device))
+            hidden[rows] = self.lm.model(
+                inputs_embeds=self._embed_tokens(token[rows, None]),
+                attention_mask=mask[rows],
+                position_ids=positions[rows],
+                cache=_rows_view(cache, rows, held),
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+        for layer in cache.layers:
+            layer.cumulative_length.fill_(held + 1)
+        return hidden
 
     def _continuation(
         self, first: Prompt, analysis: Generation, second: Prompt, fed: int
@@ -836,6 +873,34 @@ def _segments(lengths: Sequence[int], overhead: int = SEGMENT_OVERHEAD) -> list[
         runs.append(slice(cut[end], end))
         end = cut[end]
     return runs[::-1]
+
+
+def _live_runs(live: Sequence[bool], gap: int = DECODE_GAP, multiple: int = PAD_MULTIPLE) -> list[slice]:
+    """Runs of adjacent rows covering every live row, for one decode step.
+
+    Runs closer than ``gap`` stopped rows are merged (a forward costs more than a few padded
+    rows), and each run is widened to a multiple of ``multiple`` rows, so that decoding meets
+    few distinct batch shapes (each costs the CPU kernels a preparation).
+    """
+    size = len(live)
+    runs: list[list[int]] = []
+    for row, alive in enumerate(live):
+        if not alive:
+            continue
+        if runs and row - runs[-1][1] < gap:
+            runs[-1][1] = row + 1
+        else:
+            runs.append([row, row + 1])
+    widened: list[list[int]] = []
+    for start, stop in runs:
+        width = _round_up(stop - start, multiple)
+        stop = min(size, start + width)
+        start = max(0, stop - width)
+        if widened and start <= widened[-1][1]:
+            widened[-1][1] = max(widened[-1][1], stop)
+        else:
+            widened.append([start, stop])
+    return [slice(start, stop) for start, stop in widened]
 
 
 def _rows_view(cache: StaticCache, rows: slice, length: int) -> StaticCache:
