@@ -6,8 +6,11 @@ Perception: easy-vqa (direct), single-hop scene questions (direct) and scene des
 (object accuracy). Analyses: for every scene prompt the weights were aligned on, its step-1
 text on multi-hop questions against the scene graph's (exact rate, object accuracy, length).
 Reasoning: multi-hop questions answered directly, by each dual-query prompt and by their
-ensemble, with bootstrap intervals and paired differences against direct. Every mode answers
+ensembles (majority, and weighted by each prompt's reliability as estimated from the answers
+alone), with bootstrap intervals and paired differences against direct. Every mode answers
 the same seeded records; ``--split validation`` is for choosing, ``--split test`` for reporting.
+``--records-out`` keeps every record's answers; ``--from-records`` summarises them again
+without the model.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from sdrt.evaluation.stats import bootstrap_ci, paired_difference
 from sdrt.models.embedded import WEIGHTS_DIR, EmbeddedVLM, read_weights
 from sdrt.prompts.library import PromptLibrary
 from sdrt.reasoning.ensemble import Candidate, get_strategy
+from sdrt.reasoning.extract import normalize_answer
 from sdrt.reasoning.modes import GenerationBudget, answer_direct, answer_dual_query
+from sdrt.reasoning.reliability import estimate_reliability
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="every multi-hop record's answers (JSONL: direct, each prompt's analysis and answer)",
+    )
+    parser.add_argument(
+        "--from-records",
+        type=Path,
+        default=None,
+        help="summarise the multi-hop answers a --records-out run kept, without the model",
     )
     parser.add_argument("--skip-perception", action="store_true")
     parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
@@ -104,106 +115,149 @@ def perception(vlm: EmbeddedVLM, args: argparse.Namespace) -> dict[str, dict]:
 def reasoning(vlm: EmbeddedVLM, skills: dict[str, str], args: argparse.Namespace) -> dict:
     library = PromptLibrary.builtin()
     prompts = [library.get(prompt_id) for prompt_id in skills]
-    records = load_records("scenes:multi-hop", split=args.split, limit=args.n, seed=args.seed)
+    records = multi_hop_records(args)
     budget = GenerationBudget(analysis_tokens=args.analysis_tokens, answer_tokens=8)
-    direct, by_prompt, traces_of, direct_answers = [], defaultdict(list), [], []
+    rows = []
     for chunk in batches(records, max(1, args.batch_size // len(prompts)) or 1):
         images = vlm.encode_images([r.load_image() for r in chunk])
-        chunk_direct = answer_direct(vlm, chunk, images)
-        direct_answers += [a.answer for a in chunk_direct]
-        direct += [score("exact_match", a.answer, r) for a, r in zip(chunk_direct, chunk, strict=True)]
-        for record, answer in zip(chunk, answer_dual_query(vlm, chunk, images, prompts, budget), strict=True):
-            traces_of.append((record, answer.traces))
-            for trace in answer.traces:
-                by_prompt[trace.prompt_id].append(score("exact_match", trace.answer, record))
+        direct = answer_direct(vlm, chunk, images)
+        dual = answer_dual_query(vlm, chunk, images, prompts, budget)
+        rows += [record_row(*answers) for answers in zip(chunk, direct, dual, strict=True)]
     if args.records_out:
-        write_records(args.records_out, traces_of, direct_answers)
-    vote = get_strategy("majority")
+        args.records_out.parent.mkdir(parents=True, exist_ok=True)
+        args.records_out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return reasoning_summary(rows, records, skills, library)
 
-    def ensemble_scores(ids: list[str]) -> list[float]:
-        out = []
-        for record, traces in traces_of:
-            chosen = [t for t in traces if t.prompt_id in ids]
-            result = vote(
-                [Candidate(t.prompt_id, t.answer, t.answer_logprob, t.answer_mean_logprob) for t in chosen]
-            )
-            out.append(score("exact_match", result.answer, record))
-        return out
 
-    all_ids = [p.id for p in prompts]
+def multi_hop_records(args: argparse.Namespace) -> list:
+    return load_records("scenes:multi-hop", split=args.split, limit=args.n, seed=args.seed)
+
+
+def record_row(record, direct, dual) -> dict:
+    """One record's answers as plain data: what ``--records-out`` keeps and the summary reads."""
+    return {
+        "id": record.id,
+        "question": record.question,
+        "question_type": record.metadata["question_type"],
+        "answers": list(record.answers),
+        "direct": direct.answer,
+        "prompts": [
+            {
+                "prompt_id": t.prompt_id,
+                "analysis": t.analysis,
+                "answer": t.answer,
+                "logprob": t.answer_logprob,
+                "mean_logprob": t.answer_mean_logprob,
+                "analysis_tokens": t.analysis_tokens,
+            }
+            for t in dual.traces
+        ],
+    }
+
+
+def reasoning_summary(
+    rows: list[dict], records: list, skills: dict[str, str], library: PromptLibrary
+) -> dict:
+    """Scores, paired differences and ensembles of the rows (one per record, in ``records``' order)."""
+    by_id = {r.id: r for r in records}
+    if [row["id"] for row in rows] != [r.id for r in records]:
+        raise SystemExit("the stored records are not this split's sample: other --split, --n or --seed?")
+
+    def scored(answer: str, row: dict) -> float:
+        return score("exact_match", answer, by_id[row["id"]])
+
+    all_ids = [pid for pid in skills]
+    candidates = [
+        [Candidate(t["prompt_id"], t["answer"], t["logprob"], t["mean_logprob"]) for t in row["prompts"]]
+        for row in rows
+    ]
+    direct = [scored(row["direct"], row) for row in rows]
+    by_prompt = {
+        pid: [scored(next(t["answer"] for t in row["prompts"] if t["prompt_id"] == pid), row) for row in rows]
+        for pid in all_ids
+    }
+    reliability = estimate_reliability(candidates)  # from the answers alone: no references read
+
+    def ensemble_scores(ids: list[str], vote=get_strategy("majority")) -> list[float]:
+        return [
+            scored(vote([c for c in cands if c.prompt_id in ids]).answer, row)
+            for cands, row in zip(candidates, rows, strict=True)
+        ]
+
     default_k = [p.id for p in library.select(task_type="scene", k=3)]
     ensembles = {f"ensemble (K={len(all_ids)}, all scene prompts)": ensemble_scores(all_ids)}
     if set(default_k) <= set(all_ids):
         ensembles[f"ensemble (K=3 default: {', '.join(default_k)})"] = ensemble_scores(default_k)
+    ensembles[f"ensemble (K={len(all_ids)}, reliability-weighted)"] = ensemble_scores(
+        all_ids, reliability.vote
+    )
     best = max(by_prompt, key=lambda pid: mean(by_prompt[pid]))
     modes = {"direct": direct, **{f"dual:{pid}": by_prompt[pid] for pid in all_ids}, **ensembles}
-    summary = {mode: interval(scores) for mode, scores in modes.items()}
-    versus_direct = {mode: paired(scores, direct) for mode, scores in modes.items() if mode != "direct"}
-    versus_best = {mode: paired(scores, by_prompt[best]) for mode, scores in ensembles.items()}
     per_type = defaultdict(lambda: defaultdict(list))
     full = ensembles[next(iter(ensembles))]
-    for (record, _), d, e in zip(traces_of, direct, full, strict=True):
-        per_type[record.metadata["question_type"]]["direct"].append(d)
-        per_type[record.metadata["question_type"]]["ensemble"].append(e)
+    for row, d, e in zip(rows, direct, full, strict=True):
+        per_type[row["question_type"]]["direct"].append(d)
+        per_type[row["question_type"]]["ensemble"].append(e)
     return {
-        "records": len(records),
-        "modes": summary,
-        "versus_direct": versus_direct,
+        "records": len(rows),
+        "modes": {mode: interval(scores) for mode, scores in modes.items()},
+        "versus_direct": {mode: paired(scores, direct) for mode, scores in modes.items() if mode != "direct"},
         "best_single_prompt": best,
-        "ensemble_versus_best_prompt": versus_best,
+        "ensemble_versus_best_prompt": {
+            mode: paired(scores, by_prompt[best]) for mode, scores in ensembles.items()
+        },
         "per_question_type": {
             t: {m: round(mean(v), 3) for m, v in modes_.items()} | {"n": len(modes_["direct"])}
             for t, modes_ in sorted(per_type.items())
         },
-        "analyses": analysis_quality(traces_of, skills),
+        "prompts": prompt_agreement(rows, all_ids, reliability),
+        "analyses": analysis_quality(rows, by_id, skills),
     }
 
 
-def write_records(path: Path, traces_of: list, direct_answers: list[str]) -> None:
-    """One JSON line per record, so that ensembles and filters can be studied without rerunning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as out:
-        for (record, traces), direct in zip(traces_of, direct_answers, strict=True):
-            row = {
-                "id": record.id,
-                "question": record.question,
-                "question_type": record.metadata["question_type"],
-                "answers": list(record.answers),
-                "direct": direct,
-                "prompts": [
-                    {
-                        "prompt_id": t.prompt_id,
-                        "analysis": t.analysis,
-                        "answer": t.answer,
-                        "logprob": t.answer_logprob,
-                        "mean_logprob": t.answer_mean_logprob,
-                    }
-                    for t in traces
-                ],
-            }
-            out.write(json.dumps(row) + "\n")
+def prompt_agreement(rows: list[dict], prompt_ids: list[str], reliability) -> dict[str, dict]:
+    """Per prompt: how often it answers as direct does, and its label-free reliability estimate.
+
+    A prompt whose step 2 answered from the image rather than from its analysis would agree
+    with direct answers far more often than its accuracy explains.
+    """
+    out = {}
+    for pid in prompt_ids:
+        answers = [next(t["answer"] for t in row["prompts"] if t["prompt_id"] == pid) for row in rows]
+        same = [
+            normalize_answer(a) == normalize_answer(row["direct"])
+            for a, row in zip(answers, rows, strict=True)
+        ]
+        out[pid] = {
+            "agrees_with_direct": round(mean(same), 3),
+            "estimated_accuracy": round(reliability.accuracy[pid], 3),
+            "vote_weight": round(reliability.vote_weights[pid], 3),
+        }
+    return out
 
 
-def analysis_quality(traces_of: list, skills: dict[str, str]) -> dict[str, dict]:
+def analysis_quality(rows: list[dict], by_id: dict, skills: dict[str, str]) -> dict[str, dict]:
     """Each prompt's step-1 text against the exact text the scene graph gives for its skill."""
-    rows = defaultdict(lambda: {"exact": [], "objects": [], "tokens": []})
-    for record, traces in traces_of:
+    quality = defaultdict(lambda: {"exact": [], "objects": [], "tokens": []})
+    for row in rows:
+        record = by_id[row["id"]]
         scene = scene_by_id(record.metadata["scene_id"])
-        for trace in traces:
-            target = analysis(skills[trace.prompt_id], scene, record.question)
-            row = rows[trace.prompt_id]
-            row["exact"].append(float(trace.analysis.strip() == target))
-            row["tokens"].append(trace.analysis_tokens)
+        for trace in row["prompts"]:
+            target = analysis(skills[trace["prompt_id"]], scene, record.question)
+            entry = quality[trace["prompt_id"]]
+            entry["exact"].append(float(trace["analysis"].strip() == target))
+            if trace.get("analysis_tokens") is not None:  # absent from rows stored by older versions
+                entry["tokens"].append(trace["analysis_tokens"])
             if description_objects(target):
-                row["objects"].append(object_accuracy(trace.analysis, [target]))
+                entry["objects"].append(object_accuracy(trace["analysis"], [target]))
     return {
         pid: {
             "skill": skills[pid],
-            "exact": round(mean(r["exact"]), 3),
-            "object_accuracy": round(mean(r["objects"]), 3) if r["objects"] else None,
-            "mean_tokens": round(mean(r["tokens"]), 1),
+            "exact": round(mean(q["exact"]), 3),
+            "object_accuracy": round(mean(q["objects"]), 3) if q["objects"] else None,
+            "mean_tokens": round(mean(q["tokens"]), 1) if q["tokens"] else None,
         }
-        for pid, r in rows.items()
+        for pid, q in quality.items()
     }
 
 
@@ -216,19 +270,25 @@ def main(argv: list[str] | None = None) -> int:
     if not skills:
         print(f"error: {folder} was not aligned on analysis prompts; nothing to reason with", file=sys.stderr)
         return 2
-    vlm = EmbeddedVLM.load(weights_dir=folder, dtype=getattr(torch, args.dtype))
     began = time.perf_counter()
     result = {
         "command": "python scripts/testbed_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": args.split,
         "seed": args.seed,
-        "weights": vlm.weights_info,
         "dtype": args.dtype,
     }
-    if not args.skip_perception:
-        result["perception"] = perception(vlm, args)
-    if not args.skip_reasoning:
-        result["reasoning"] = reasoning(vlm, skills, args)
+    if args.from_records:
+        rows = [json.loads(line) for line in args.from_records.read_text().splitlines() if line.strip()]
+        result["reasoning"] = reasoning_summary(
+            rows, multi_hop_records(args), skills, PromptLibrary.builtin()
+        )
+    else:
+        vlm = EmbeddedVLM.load(weights_dir=folder, dtype=getattr(torch, args.dtype))
+        result["weights"] = vlm.weights_info
+        if not args.skip_perception:
+            result["perception"] = perception(vlm, args)
+        if not args.skip_reasoning:
+            result["reasoning"] = reasoning(vlm, skills, args)
     result["seconds"] = round(time.perf_counter() - began, 1)
     text = json.dumps(result, indent=2)
     print(text)

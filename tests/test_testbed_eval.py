@@ -1,0 +1,86 @@
+"""scripts/testbed_eval.py: the reasoning summary from stored answers (no model is run)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "testbed_eval.py"
+SKILLS = {"strong": "description", "weak_a": "objects", "weak_b": "relations"}
+
+
+@pytest.fixture(scope="module")
+def script() -> dict:
+    return runpy.run_path(str(SCRIPT))
+
+
+@pytest.fixture(scope="module")
+def records(script):
+    import argparse
+
+    return script["multi_hop_records"](argparse.Namespace(split="validation", n=40, seed=0))
+
+
+def stored_rows(records, strong_wrong_every: int = 10) -> list[dict]:
+    """'strong' is right but on every tenth record; the two weak prompts share one wrong answer
+    on every other record, where direct answers are wrong too."""
+    rows = []
+    for i, record in enumerate(records):
+        truth = record.answers[0]
+        wrong = "purple" if truth != "purple" else "orange"
+        weak = wrong if i % 2 else truth
+        answers = {"strong": wrong if i % strong_wrong_every == 0 else truth, "weak_a": weak, "weak_b": weak}
+        rows.append(
+            {
+                "id": record.id,
+                "question": record.question,
+                "question_type": record.metadata["question_type"],
+                "answers": list(record.answers),
+                "direct": weak,
+                "prompts": [
+                    {"prompt_id": pid, "analysis": "", "answer": a, "logprob": -1.0, "mean_logprob": -0.5}
+                    for pid, a in answers.items()
+                ],
+            }
+        )
+    return rows
+
+
+def test_summary_scores_every_mode_on_the_same_records(script, records) -> None:
+    from sdrt.prompts.library import PromptLibrary
+
+    summary = script["reasoning_summary"](stored_rows(records), records, SKILLS, PromptLibrary.builtin())
+    modes = summary["modes"]
+    assert modes["direct"]["score"] == pytest.approx(0.5)
+    assert modes["dual:strong"]["score"] == pytest.approx(0.9)
+    assert modes["ensemble (K=3, all scene prompts)"]["score"] == pytest.approx(0.5)  # outvoted
+    assert summary["versus_direct"]["dual:strong"]["difference"] == pytest.approx(0.4)
+    assert summary["best_single_prompt"] == "strong"
+    assert summary["prompts"]["weak_a"]["agrees_with_direct"] == 1.0
+    assert summary["prompts"]["strong"]["agrees_with_direct"] == pytest.approx(0.4)  # even rows, but 4
+    assert "ensemble (K=3, reliability-weighted)" in modes
+
+
+def test_stored_records_of_another_sample_are_refused(script, records) -> None:
+    from sdrt.prompts.library import PromptLibrary
+
+    rows = stored_rows(records)[::-1]
+    with pytest.raises(SystemExit, match="not this split's sample"):
+        script["reasoning_summary"](rows, records, SKILLS, PromptLibrary.builtin())
+
+
+def test_from_records_needs_no_model(script, records, tmp_path, monkeypatch) -> None:
+    stored = tmp_path / "rows.jsonl"
+    stored.write_text("".join(json.dumps(r) + "\n" for r in stored_rows(records)))
+    monkeypatch.setitem(
+        script["main"].__globals__,
+        "read_weights",
+        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
+    )
+    monkeypatch.setitem(script["main"].__globals__, "EmbeddedVLM", None)  # loading a model would fail
+    out = tmp_path / "summary.json"
+    assert script["main"](["--n", "40", "--from-records", str(stored), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["reasoning"]["modes"]["dual:strong"]["score"] == pytest.approx(0.9)
