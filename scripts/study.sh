@@ -3,7 +3,8 @@
 #
 #   bash scripts/study.sh                 # validation scenes: choose settings here
 #   SPLIT=test bash scripts/study.sh      # the held-out report, once the settings are fixed
-#   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all of them)
+#   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all but the sweep)
+#   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
 #
 # 1. traces: the 7 scene prompts on 2,000 multi-hop questions of training scenes of seed 1
 #    (alignment drew its scenes from seed 0) and 500 easy-vqa training questions; no labels;
@@ -23,9 +24,19 @@ SPLIT=${SPLIT:-validation}
 N_EVAL=${N_EVAL:-500}
 STEPS=${STEPS:-600}
 ALL_RUNS="sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on lora-sft self-training"
+# The sweep: the study's adapter with one setting changed (configs/sweep/<name>.yaml), named
+# sweep-<name>; validation only, since it is what the study's settings are chosen from.
+SWEEP_RUNS=$(for f in configs/sweep/*.yaml; do [ -e "$f" ] && printf 'sweep-%s ' "$(basename "$f" .yaml)"; done)
 RUNS=${RUNS:-$ALL_RUNS}
 for run in $RUNS; do  # a misspelt name would silently train nothing
-    case " $ALL_RUNS " in *" $run "*) ;; *) echo "RUNS: unknown training '$run'; known: $ALL_RUNS" >&2; exit 2 ;; esac
+    case " $ALL_RUNS $SWEEP_RUNS " in
+        *" $run "*) ;;
+        *) echo "RUNS: unknown training '$run'; known: $ALL_RUNS $SWEEP_RUNS" >&2; exit 2 ;;
+    esac
+    if [ "$SPLIT" = test ] && [ "${run#sweep-}" != "$run" ]; then
+        echo "RUNS: $run is a sweep run; sweeps choose settings on validation scenes, not test ones" >&2
+        exit 2
+    fi
 done
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
@@ -75,6 +86,9 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
 train sdrt configs/study/sdrt.yaml "${cache[@]}"
 for variant in no-skip uniform-weights ce-only hidden-only gate-on; do
     train "ablation-$variant" configs/study/sdrt.yaml --config "configs/ablations/$variant.yaml" "${cache[@]}"
+done
+for run in $SWEEP_RUNS; do
+    train "$run" configs/study/sdrt.yaml --config "configs/sweep/${run#sweep-}.yaml" "${cache[@]}"
 done
 train lora-sft configs/study/lora-sft.yaml
 train self-training configs/study/self-training.yaml

@@ -43,3 +43,29 @@ def test_an_unknown_training_name_stops_the_study_before_anything_runs(tmp_path)
     with pytest.raises(subprocess.CalledProcessError):
         run_study(tmp_path, RUNS="sdrt,lora-sft")
     assert not (tmp_path / "calls.txt").exists()
+
+
+def test_sweep_runs_overlay_their_config_on_the_adapter_and_stay_out_of_the_test_pass(tmp_path):
+    import pytest
+
+    calls = run_study(tmp_path, RUNS="sdrt sweep-rank-8")
+    distills = [call for call in calls if call[0] == "distill"]
+    assert [call[call.index("--out") + 1].rsplit("/", 1)[1] for call in distills] == ["sdrt", "sweep-rank-8"]
+    configs = [distills[1][i + 1] for i, flag in enumerate(distills[1]) if flag == "--config"]
+    assert configs == ["configs/study/sdrt.yaml", "configs/sweep/rank-8.yaml"]
+    assert (Path(__file__).parents[1] / configs[1]).is_file()
+    with pytest.raises(subprocess.CalledProcessError):
+        run_study(tmp_path, SPLIT="test", RUNS="sweep-rank-8")
+
+
+def test_every_sweep_config_is_a_valid_overlay_that_changes_the_study_adapter():
+    from sdrt.config import load_config
+    from sdrt.distill.config import DistillConfig
+
+    root = Path(__file__).parents[1]
+    base = root / "configs/study/sdrt.yaml"
+    sweeps = sorted((root / "configs" / "sweep").glob("*.yaml"))
+    assert len(sweeps) >= 6
+    for sweep in sweeps:
+        changed = load_config(DistillConfig, [base, sweep])
+        assert changed != load_config(DistillConfig, base), sweep.name
