@@ -50,9 +50,11 @@ class DistillConfig(LoadOptions):
     loss: LossWeights = LossWeights()
     top_k: int = Field(default=32, ge=1)  # teacher log-probs kept per answer token for the KL term
     min_agreement: float = Field(default=0.0, ge=0, le=1)
-    # ensemble: the traces' pseudo-labels; direct: the model's own direct answers (the
-    # self-training control: the same adapter and data, no reasoning; cross-entropy only)
-    labels: Literal["ensemble", "direct"] = "ensemble"
+    # ensemble: the traces' pseudo-labels; reliability: the traces voted again, each prompt
+    # weighted by its accuracy as estimated from its folder's answers (no labels read);
+    # direct: the model's own direct answers (the self-training control: the same adapter and
+    # data, no reasoning; cross-entropy only)
+    labels: Literal["ensemble", "reliability", "direct"] = "ensemble"
 
     # optimisation
     lr: float = Field(default=2e-3, gt=0)

@@ -6,11 +6,14 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from sdrt.data import load_records
 from sdrt.data.records import VQARecord
 from sdrt.models.base import VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
+from sdrt.reasoning.ensemble import Candidate
+from sdrt.reasoning.reliability import estimate_reliability
 from sdrt.traces.store import TraceStore
 
 log = logging.getLogger(__name__)
@@ -41,12 +44,20 @@ class DistillExample:
 
 
 def load_distill_examples(
-    traces_dir: str | Path, *, min_agreement: float = 0.0, library: PromptLibrary | None = None
+    traces_dir: str | Path,
+    *,
+    min_agreement: float = 0.0,
+    library: PromptLibrary | None = None,
+    vote: Literal["stored", "reliability"] = "stored",
 ) -> list[DistillExample]:
     """Group trace rows by example and attach each example's record (for its image).
 
     ``library`` (the one the folder was traced with) goes with every example, so that the
     teacher renders each example's prompts from its own folder's library.
+
+    ``vote``: "stored" keeps the pseudo-labels and weights the traces were written with;
+    "reliability" votes again, weighting each prompt by its accuracy as estimated from the
+    whole folder's answers (``sdrt.reasoning.reliability``; no references are read).
 
     Examples whose pseudo-label is empty or whose agreement is below ``min_agreement`` are
     left out and counted in the log.
@@ -60,12 +71,13 @@ def load_distill_examples(
     grouped: dict[str, list[dict]] = {}
     for row in table:
         grouped.setdefault(row["example_id"], []).append(row)
+    for rows in grouped.values():
+        rows.sort(key=lambda r: r["prompt_rank"])
+    labels = _stored_labels(grouped) if vote == "stored" else _reliability_labels(grouped, traces_dir)
 
     examples, dropped = [], 0
     for example_id, rows in grouped.items():
-        rows.sort(key=lambda r: r["prompt_rank"])
-        label = (rows[0]["ensemble_answer"] or "").strip()
-        agreement = float(rows[0]["ensemble_agreement"] or 0.0)
+        label, agreement, weights = labels[example_id]
         if not label or agreement < min_agreement:
             dropped += 1
             continue
@@ -75,7 +87,7 @@ def load_distill_examples(
                 pseudo_label=label,
                 prompt_ids=[r["prompt_id"] for r in rows],
                 analyses=[r["analysis"] or "" for r in rows],
-                weights=_normalised([float(r["prompt_weight"] or 0.0) for r in rows]),
+                weights=_normalised(weights),
                 agreement=agreement,
                 library=library,
             )
@@ -90,6 +102,49 @@ def load_distill_examples(
     if not examples:
         raise DistillDataError(f"no usable examples in {traces_dir} (all {dropped} were left out)")
     return examples
+
+
+Labels = dict[str, tuple[str, float, list[float]]]  # example id -> label, agreement, K weights
+
+
+def _stored_labels(grouped: dict[str, list[dict]]) -> Labels:
+    return {
+        example_id: (
+            (rows[0]["ensemble_answer"] or "").strip(),
+            float(rows[0]["ensemble_agreement"] or 0.0),
+            [float(r["prompt_weight"] or 0.0) for r in rows],
+        )
+        for example_id, rows in grouped.items()
+    }
+
+
+def _reliability_labels(grouped: dict[str, list[dict]], traces_dir: str | Path) -> Labels:
+    candidates = {
+        example_id: [
+            Candidate(r["prompt_id"], r["answer"] or "", r["answer_logprob"] or 0.0, r["answer_mean_logprob"])
+            for r in rows
+        ]
+        for example_id, rows in grouped.items()
+    }
+    reliability = estimate_reliability(list(candidates.values()))
+    log.info(
+        "%s: prompt reliability from %d examples (no references read): %s",
+        traces_dir,
+        reliability.examples,
+        ", ".join(
+            f"{pid} {p:.3f} (vote weight {reliability.vote_weights[pid]:.2f})"
+            for pid, p in reliability.accuracy.items()
+        ),
+    )
+    labels: Labels = {}
+    for example_id, cands in candidates.items():
+        result = reliability.vote(cands)
+        labels[example_id] = (
+            result.answer.strip(),
+            result.agreement,
+            [result.prompt_weights[c.prompt_id] for c in cands],
+        )
+    return labels
 
 
 def _records_by_id(manifest: dict, wanted: set[str]) -> dict[str, VQARecord]:

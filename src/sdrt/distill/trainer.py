@@ -220,7 +220,10 @@ class DistillTrainer:
         """What teacher targets depend on: a cache made for anything else is never read."""
         manifests = [TraceStore(folder).manifest() for folder in self.config.traces]
         traces = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
+        # the labels setting chooses the pseudo-labels the teachers are teacher-forced on
         parts = (self.model.config_hash, self.layers, self.library_hash, self.config.top_k, traces)
+        if self.config.labels != "ensemble":
+            parts = (*parts, self.config.labels)
         return ":".join(str(part) for part in parts)
 
     # --- one step ------------------------------------------------------------------------------
@@ -413,7 +416,12 @@ def run_distillation(
     examples: list[DistillExample] = []
     for folder in config.traces:  # each folder's examples keep the library they were traced with
         library = check_traces(folder, model)
-        examples += load_distill_examples(folder, min_agreement=config.min_agreement, library=library)
+        examples += load_distill_examples(
+            folder,
+            min_agreement=config.min_agreement,
+            library=library,
+            vote="reliability" if config.labels == "reliability" else "stored",
+        )
     if config.labels == "direct":
         examples = with_direct_labels(model, examples, config.out / "direct_labels.json")
     trainer = DistillTrainer(config, model, examples)
