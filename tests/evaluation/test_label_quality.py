@@ -62,6 +62,9 @@ def test_label_quality_matches_hand_counts(traces):
     assert plan.accuracy == pytest.approx(1 / 3, abs=1e-4)  # blue (wrong), red (wrong), 2
     assert (describe.agreement, count.agreement, plan.agreement) == (1.0, 0.5, 0.75)  # "Yes." agrees
     assert plan.mean_analysis_tokens == 30.0
+    # estimated from agreement alone: describe always sides with the label, so it ranks first
+    assert describe.estimated_accuracy > max(count.estimated_accuracy, plan.estimated_accuracy)
+    assert report.reliability_accuracy is not None and 0 <= report.reliability_accuracy <= 1
     kept = {round(t.min_agreement, 3): t for t in report.thresholds}
     assert sorted(kept) == [0.667, 1.0]
     assert (kept[0.667].examples, kept[0.667].accuracy) == (4, pytest.approx(2 / 3, abs=1e-4))
@@ -74,6 +77,7 @@ def test_label_quality_cli_prints_full_tables_and_writes_json(traces, tmp_path):
     result = CliRunner().invoke(app, ["label-quality", str(traces), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "agrees with label" in result.output and "describe" in result.output
+    assert "estimated (no references)" in result.output and "voted again by reliability" in result.output
     assert json.loads(out.read_text())["with_references"] == 3
 
 

@@ -12,9 +12,8 @@ from sdrt.data import load_records
 from sdrt.data.records import VQARecord
 from sdrt.models.base import VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt, PromptLibrary
-from sdrt.reasoning.ensemble import Candidate
 from sdrt.reasoning.reliability import estimate_reliability
-from sdrt.traces.store import TraceStore
+from sdrt.traces.store import TraceStore, row_candidates
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +118,7 @@ def _stored_labels(grouped: dict[str, list[dict]]) -> Labels:
 
 
 def _reliability_labels(grouped: dict[str, list[dict]], traces_dir: str | Path) -> Labels:
-    candidates = {
-        example_id: [
-            Candidate(r["prompt_id"], r["answer"] or "", r["answer_logprob"] or 0.0, r["answer_mean_logprob"])
-            for r in rows
-        ]
-        for example_id, rows in grouped.items()
-    }
+    candidates = {example_id: row_candidates(rows) for example_id, rows in grouped.items()}
     reliability = estimate_reliability(list(candidates.values()))
     log.info(
         "%s: prompt reliability from %d examples (no references read): %s",

@@ -2,7 +2,9 @@
 
 Distillation never reads the references a trace row carries; this report does, so that a
 user sees what the ensemble teaches before spending steps on it: the pseudo-labels' accuracy,
-each prompt's accuracy and agreement with the pseudo-label, and, per agreement threshold
+each prompt's accuracy (and its estimate from the answers alone, which ``labels: reliability``
+weighs by) and agreement with the pseudo-label, the accuracy of the labels voted again by
+those estimates, and, per agreement threshold
 (``min_agreement`` of a distill config), how many examples survive and how accurate they are.
 Only examples that have references count towards accuracies; a metric that needs more of a
 record than its answers (multiple choice) is refused by the metric itself.
@@ -17,7 +19,8 @@ from statistics import mean
 from typing import Any
 
 from sdrt.evaluation.metrics import METRICS
-from sdrt.traces.store import TraceStore
+from sdrt.reasoning.reliability import estimate_reliability
+from sdrt.traces.store import TraceStore, row_candidates
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class PromptQuality:
     accuracy: float | None  # the prompt's own answers against the references
     agreement: float  # share of examples where the prompt's answer is the pseudo-label
     mean_analysis_tokens: float
+    estimated_accuracy: float  # from the answers alone (what ``labels: reliability`` weighs by)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class LabelQuality:
     examples: int
     with_references: int
     accuracy: float | None  # of all pseudo-labels
+    reliability_accuracy: float | None  # of the labels ``labels: reliability`` would train on
     prompts: dict[str, PromptQuality]
     thresholds: list[Threshold] = field(default_factory=list)
 
@@ -61,12 +66,15 @@ def label_quality(traces_dir: str | Path, metric: str = "exact_match") -> LabelQ
     scorer = METRICS[metric]
     labels = {eid: _Example(group, scorer) for eid, group in examples.items()}
     judged = [ex for ex in labels.values() if ex.references]
+    reliability = estimate_reliability([ex.candidates for ex in labels.values()])
+    revoted = [scorer(reliability.vote(ex.candidates).answer, {"answers": ex.references}) for ex in judged]
     return LabelQuality(
         metric=metric,
         examples=len(labels),
         with_references=len(judged),
         accuracy=_mean_or_none([ex.label_correct for ex in judged]),
-        prompts=_prompt_quality(labels.values(), scorer),
+        reliability_accuracy=_mean_or_none(revoted),
+        prompts=_prompt_quality(labels.values(), scorer, reliability.accuracy),
         thresholds=_thresholds(list(labels.values())),
     )
 
@@ -81,9 +89,10 @@ class _Example:
         self.agreement = float(first["ensemble_agreement"] or 0.0)
         self.references = list(first["references"] or [])
         self.label_correct = scorer(self.label, {"answers": self.references}) if self.references else 0.0
+        self.candidates = row_candidates(self.rows)
 
 
-def _prompt_quality(examples: Any, scorer: Any) -> dict[str, PromptQuality]:
+def _prompt_quality(examples: Any, scorer: Any, estimated: dict[str, float]) -> dict[str, PromptQuality]:
     correct, agree, tokens = defaultdict(list), defaultdict(list), defaultdict(list)
     for ex in examples:
         for row in ex.rows:
@@ -94,7 +103,10 @@ def _prompt_quality(examples: Any, scorer: Any) -> dict[str, PromptQuality]:
             tokens[pid].append(float(row["analysis_tokens"] or 0))
     return {
         pid: PromptQuality(
-            _mean_or_none(correct[pid]), round(mean(agree[pid]), 4), round(mean(tokens[pid]), 1)
+            _mean_or_none(correct[pid]),
+            round(mean(agree[pid]), 4),
+            round(mean(tokens[pid]), 1),
+            round(estimated[pid], 4),
         )
         for pid in agree
     }
@@ -131,13 +143,21 @@ def print_label_quality(report: LabelQuality, traces_dir: str | Path) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped output is not cut
     console.print(
         f"{traces_dir}: {report.examples} examples, {report.with_references} with references; "
-        f"pseudo-label {report.metric} {_shown(report.accuracy)}"
+        f"pseudo-label {report.metric} {_shown(report.accuracy)}; "
+        f"voted again by reliability (labels: reliability) {_shown(report.reliability_accuracy)}"
     )
     prompts = Table(title="per prompt")
-    for column in ("prompt", report.metric, "agrees with label", "analysis tokens"):
+    columns = ("prompt", report.metric, "estimated (no references)", "agrees with label", "analysis tokens")
+    for column in columns:
         prompts.add_column(column, no_wrap=True)
     for pid, q in report.prompts.items():
-        prompts.add_row(pid, _shown(q.accuracy), f"{q.agreement:.3f}", f"{q.mean_analysis_tokens:.1f}")
+        prompts.add_row(
+            pid,
+            _shown(q.accuracy),
+            f"{q.estimated_accuracy:.3f}",
+            f"{q.agreement:.3f}",
+            f"{q.mean_analysis_tokens:.1f}",
+        )
     console.print(prompts)
     kept = Table(title="agreement filtering (min_agreement of a distill config)")
     for column in ("min agreement", "examples kept", "share", f"label {report.metric}"):

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sdrt.atomic import atomic_write, atomic_write_text
+from sdrt.reasoning.ensemble import Candidate
 from sdrt.traces.schema import TRACE_SCHEMA
 
 MANIFEST = "manifest.json"
@@ -88,3 +89,16 @@ class TraceStore:
 
 def read_traces(root: str | Path) -> pa.Table:
     return TraceStore(root).read()
+
+
+def row_candidates(rows: list[dict[str, Any]]) -> list[Candidate]:
+    """One example's trace rows (in prompt order) as the candidates an ensemble votes over."""
+    return [
+        Candidate(
+            prompt_id=row["prompt_id"],
+            answer=row["answer"] or "",
+            logprob=row.get("answer_logprob") or 0.0,
+            mean_logprob=row.get("answer_mean_logprob"),
+        )
+        for row in rows
+    ]
