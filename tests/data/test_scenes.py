@@ -278,3 +278,20 @@ def test_unknown_kind_and_bad_count():
         scene_records(make_scenes(1, 0), kinds={"three-hop"})
     with pytest.raises(DataError, match=">= 0"):
         make_scenes(-1, 0)
+
+
+def test_no_multi_hop_type_rewards_guessing_its_most_common_answer():
+    """Types with few possible answers are balanced over the dataset: guessing the prior of
+    any type gets at most 60% of it (colour and shape types have more answers than that)."""
+    from sdrt.data.scenes import scene_questions
+
+    by_type: dict[str, Counter] = {}
+    for scene in make_scenes(3000, seed=5):
+        for question in scene_questions(scene, "multi-hop", 3):
+            by_type.setdefault(question.question_type, Counter())[question.answer] += 1
+    for question_type, answers in by_type.items():
+        total = sum(answers.values())
+        assert total >= 100, (question_type, total)
+        assert answers.most_common(1)[0][1] / total <= 0.6, (question_type, answers)
+    assert set(by_type["count_larger_than"]) == {"0", "1", "2", "3"}
+    assert set(by_type["same_colour"]) == {"yes", "no"}

@@ -14,13 +14,14 @@ or a digit; a question is only asked when its answer is unique and well defined.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw
 
@@ -343,14 +344,70 @@ def _shape_next_to(view: _View, rng: random.Random) -> SceneQuestion | None:
     return SceneQuestion(f"What shape is next to {ref.phrase}?", shape, "shape_next_to", 2)
 
 
+# Some multi-hop types, left to chance, have one answer most of the time: with at most four
+# shapes, "how many other shapes share this colour" is 0 for most shapes, and two named shapes
+# rarely share a colour. A model then does well by guessing the prior, in one step or in two,
+# and the testbed cannot tell reasoning from guessing. These types draw the answer first, each
+# value with probability inversely proportional to how often a scene offers it, so that over
+# the dataset every value is asked about equally often (a scene lacking the drawn value asks
+# another type instead).
+AVAILABILITY_SCENES, AVAILABILITY_SEED = 2000, 2**20  # a seed of its own, for the statistics only
+MIN_AVAILABILITY = 0.05  # values rarer than this in scenes are not asked for
+
+Cases = dict[str, list]  # answer -> the cases (references, pairs) that have it
+
+
+def _larger_than_cases(view: _View) -> Cases:
+    large = sum(obj.size == "large" for obj in view.objects)
+    cases: Cases = {}
+    for ref in view.references:
+        cases.setdefault(str(0 if ref.target.size == "large" else large), []).append(ref)
+    return cases
+
+
+def _same_colour_count_cases(view: _View) -> Cases:
+    cases: Cases = {}
+    for ref in view.shape_refs():
+        others = sum(obj.colour == ref.target.colour and obj is not ref.target for obj in view.objects)
+        cases.setdefault(str(others), []).append(ref)
+    return cases
+
+
+def _same_colour_cases(view: _View) -> Cases:
+    refs = view.shape_refs()
+    cases: Cases = {}
+    for a in refs:
+        for b in refs:
+            if a.target.position < b.target.position:
+                cases.setdefault(_answer(a.target.colour == b.target.colour), []).append((a, b))
+    return cases
+
+
+@functools.cache
+def _availability(cases_of: Callable[[_View], Cases]) -> dict[str, float]:
+    """Share of scenes that offer each answer (those offered by at least MIN_AVAILABILITY)."""
+    offered: Counter[str] = Counter()
+    for scene in make_scenes(AVAILABILITY_SCENES, AVAILABILITY_SEED):
+        offered.update(answer for answer, cases in cases_of(_View(scene)).items() if cases)
+    shares = {answer: n / AVAILABILITY_SCENES for answer, n in offered.items()}
+    return {answer: share for answer, share in sorted(shares.items()) if share >= MIN_AVAILABILITY}
+
+
+def _balanced(view: _View, rng: random.Random, cases_of: Callable[[_View], Cases]) -> tuple[str, Any] | None:
+    """An (answer, case) with the answer drawn so that answers are balanced over the dataset."""
+    availability = _availability(cases_of)
+    answers = list(availability)
+    wanted = rng.choices(answers, weights=[1 / availability[a] for a in answers])[0]
+    cases = cases_of(view).get(wanted)
+    return (wanted, rng.choice(cases)) if cases else None
+
+
 def _count_larger_than(view: _View, rng: random.Random) -> SceneQuestion | None:
-    if not view.references:
+    picked = _balanced(view, rng, _larger_than_cases)
+    if picked is None:
         return None
-    ref = rng.choice(view.references)
-    larger = 0 if ref.target.size == "large" else sum(obj.size == "large" for obj in view.objects)
-    return SceneQuestion(
-        f"How many shapes are larger than {ref.phrase}?", str(larger), "count_larger_than", 2
-    )
+    larger, ref = picked
+    return SceneQuestion(f"How many shapes are larger than {ref.phrase}?", larger, "count_larger_than", 2)
 
 
 def _largest_is_shape(view: _View, rng: random.Random) -> SceneQuestion | None:
@@ -393,24 +450,20 @@ def _colour_between(view: _View, rng: random.Random) -> SceneQuestion | None:
 
 
 def _same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
-    refs = view.shape_refs()
-    pairs = [(a, b) for a in refs for b in refs if a.target.position < b.target.position]
-    same = [(a, b) for a, b in pairs if a.target.colour == b.target.colour]
-    picked = _yes_no(rng, same, [p for p in pairs if p not in same])
+    picked = _balanced(view, rng, _same_colour_cases)
     if picked is None:
         return None
-    flag, (a, b) = picked
-    return SceneQuestion(f"Are {a.phrase} and {b.phrase} the same color?", _answer(flag), "same_colour", 2)
+    answer, (a, b) = picked
+    return SceneQuestion(f"Are {a.phrase} and {b.phrase} the same color?", answer, "same_colour", 2)
 
 
 def _count_same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
-    refs = view.shape_refs()
-    if not refs:
+    picked = _balanced(view, rng, _same_colour_count_cases)
+    if picked is None:
         return None
-    ref = rng.choice(refs)
-    others = sum(obj.colour == ref.target.colour and obj is not ref.target for obj in view.objects)
+    others, ref = picked
     text = f"How many other shapes have the same color as {ref.phrase}?"
-    return SceneQuestion(text, str(others), "count_same_colour", 2)
+    return SceneQuestion(text, others, "count_same_colour", 2)
 
 
 def _exists_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
