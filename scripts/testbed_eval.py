@@ -162,6 +162,9 @@ def reasoning_summary(
     by_id = {r.id: r for r in records}
     if [row["id"] for row in rows] != [r.id for r in records]:
         raise SystemExit("the stored records are not this split's sample: other --split, --n or --seed?")
+    asked = sum(row["question"] != by_id[row["id"]].question for row in rows)
+    if asked:
+        raise SystemExit(f"{asked} stored questions differ from what the scene generator asks now")
 
     def scored(answer: str, row: dict) -> float:
         return score("exact_match", answer, by_id[row["id"]])

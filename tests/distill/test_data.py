@@ -67,6 +67,25 @@ def test_reliability_labels_trust_the_prompt_the_others_agree_with_most(make_tra
     strong_share = [ex.weights[ex.prompt_ids.index("strong")] for ex in reweighed]
     assert sum(w > 0 for w in strong_share) >= 0.9 * len(reweighed)  # the label is mostly its answer
     assert "prompt reliability from 60 examples" in caplog.text
+    kept = load_distill_examples(folder, vote="reliability", min_agreement=0.5)
+    assert kept and len(kept) < len(reweighed)  # the threshold applies to the re-voted agreement
+    assert all(ex.agreement >= 0.5 for ex in kept)
+
+
+def test_traces_of_questions_the_data_no_longer_asks_are_refused(make_traces, tmp_path):
+    import pytest
+
+    from sdrt.distill.data import DistillDataError
+
+    traces = make_traces(tmp_path / "tiny", limit=4)
+    rows = TraceStore(traces).read().to_pylist()
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    store = TraceStore(changed)
+    store.check_or_write_manifest(json.loads((traces / "manifest.json").read_text()))
+    store.write_shard([row | {"question": row["question"] + " (as once asked)"} for row in rows])
+    with pytest.raises(DistillDataError, match="trace again"):
+        load_distill_examples(changed)
 
 
 def test_a_run_with_reliability_labels_trains_and_keeps_its_own_teacher_cache(

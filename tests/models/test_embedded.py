@@ -411,9 +411,18 @@ def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monk
 
 
 @pytest.mark.parametrize("first_tokens", [24, 3])  # 3: analyses cut at the budget, none stopped
-def test_two_step_generation_continues_the_cache_and_matches_recomputation(vlm, images, first_tokens):
+@pytest.mark.parametrize("narrow_runs", [False, True])  # True: decode steps only the live rows
+def test_two_step_generation_continues_the_cache_and_matches_recomputation(
+    vlm, images, first_tokens, narrow_runs, monkeypatch
+):
+    from functools import partial
+
+    from sdrt.models import embedded
     from sdrt.models.base import VisionLanguageModel
     from sdrt.prompts.library import PromptLibrary
+
+    if narrow_runs:  # six rows would otherwise be widened to one run of all of them
+        monkeypatch.setattr(embedded, "_live_runs", partial(embedded._live_runs, gap=1, multiple=1))
 
     library = PromptLibrary.builtin()
     prompts = [library.get(i) for i in ("image_description", "counting", "planned_reasoning_path")]

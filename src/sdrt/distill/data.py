@@ -67,6 +67,12 @@ def load_distill_examples(
     if not table:
         raise DistillDataError(f"{traces_dir} holds no traces yet: run `sdrt traces` first")
     records = _records_by_id(manifest, {row["example_id"] for row in table})
+    changed = sorted({r["example_id"] for r in table if r["question"] != records[r["example_id"]].question})
+    if changed:
+        raise DistillDataError(
+            f"{len(changed)} traced questions differ from what {manifest['data']['source']} asks now "
+            f"(e.g. {changed[0]}): the data changed since the traces were made; trace again"
+        )
     grouped: dict[str, list[dict]] = {}
     for row in table:
         grouped.setdefault(row["example_id"], []).append(row)

@@ -550,7 +550,8 @@ class EmbeddedVLM(VisionLanguageModel):
         """Greedy or sampled tokens after a prefill: (B, T) ids, (B, T) log-probs, the new state.
 
         In the returned state, ``fed`` counts the generated tokens that went into the cache
-        (all but the last one); rows that stopped early were fed padding after their stop.
+        (all but the last one); after a row's stop token its slots hold padding or, once the row
+        leaves the decode steps (static cache), nothing.
         """
         size = state.mask.shape[0]
         mask, positions, hidden = state.mask, state.last_position, state.hidden
@@ -644,7 +645,7 @@ class EmbeddedVLM(VisionLanguageModel):
     ) -> list[Generation]:
         """Prefill each row's remaining step-2 tokens after its analysis, then decode.
 
-        Cache positions holding padding fed after a row's stop are masked out, and the new
+        Cache positions after a row's stop (padding, or never written) are masked out, and the new
         tokens' positions continue each row's own count, as a fresh prompt's would.
         """
         history = state.mask.clone()
@@ -652,7 +653,7 @@ class EmbeddedVLM(VisionLanguageModel):
         starts = []
         for b, block in enumerate(blocks):
             in_cache = block[1] if block else state.fed
-            history[b, prompt_width + in_cache :] = 0  # padding fed after the row's stop
+            history[b, prompt_width + in_cache :] = 0  # after the row's stop: padding or unwritten
             starts.append(int(history[b].sum()))
         rows = [block[0] if block else None for block in blocks]
         cache = _with_room(

@@ -97,7 +97,7 @@ def get_strategy(name: str) -> EnsembleStrategy:
     except KeyError:
         hint = (
             " (reliability weighting needs the whole dataset's answers: `labels: reliability` in a"
-            " distill config, or `--strategy reliability` for `sdrt eval`)"
+            " distill config; `sdrt label-quality` shows what it would give)"
             if name == "reliability"
             else ""
         )

@@ -55,6 +55,8 @@ def estimate_reliability(
     if not examples:
         raise ValueError("estimating prompt reliability needs at least one example")
     prompts = list(dict.fromkeys(c.prompt_id for ex in examples for c in ex))
+    if not prompts:
+        raise ValueError("estimating prompt reliability needs at least one candidate answer")
     answers = [_answered(ex) for ex in examples]
     distinct = len({a for ex in answers for a in ex.values()})
     posteriors = [_majority_posterior(ex) for ex in answers]
