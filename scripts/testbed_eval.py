@@ -175,10 +175,7 @@ def reasoning_summary(
         for row in rows
     ]
     direct = [scored(row["direct"], row) for row in rows]
-    by_prompt = {
-        pid: [scored(next(t["answer"] for t in row["prompts"] if t["prompt_id"] == pid), row) for row in rows]
-        for pid in all_ids
-    }
+    by_prompt = {pid: [scored(prompt_answer(row, pid), row) for row in rows] for pid in all_ids}
     reliability = estimate_reliability(candidates)  # from the answers alone: no references read
 
     def ensemble_scores(ids: list[str], vote=get_strategy("majority")) -> list[float]:
@@ -218,6 +215,11 @@ def reasoning_summary(
     }
 
 
+def prompt_answer(row: dict, prompt_id: str) -> str:
+    """The answer one prompt gave in a stored row."""
+    return next(t["answer"] for t in row["prompts"] if t["prompt_id"] == prompt_id)
+
+
 def prompt_agreement(rows: list[dict], prompt_ids: list[str], reliability) -> dict[str, dict]:
     """Per prompt: how often it answers as direct does, and its label-free reliability estimate.
 
@@ -226,7 +228,7 @@ def prompt_agreement(rows: list[dict], prompt_ids: list[str], reliability) -> di
     """
     out = {}
     for pid in prompt_ids:
-        answers = [next(t["answer"] for t in row["prompts"] if t["prompt_id"] == pid) for row in rows]
+        answers = [prompt_answer(row, pid) for row in rows]
         same = [
             normalize_answer(a) == normalize_answer(row["direct"])
             for a, row in zip(answers, rows, strict=True)
