@@ -597,30 +597,29 @@ class EmbeddedVLM(VisionLanguageModel):
         runs: list[slice],
     ) -> torch.Tensor:
         """Feed one token per row of ``runs`` (all rows: one forward); other rows keep ``hidden``."""
-        size = token.shape[0]
-        if len(runs) == 1 and runs[0] == slice(0, size):
-            self._set_layout(TokenLayout.decode_step(size, self.device))
-            return self.lm.model(
-                inputs_embeds=self._embed_tokens(token[:, None]),
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1]
+        if runs == [slice(0, token.shape[0])]:
+            return self._step_forward(cache, token, mask, positions)
         held = mask.shape[1] - 1  # cache slots written before this token
         hidden = hidden.clone()
         for rows in runs:
-            self._set_layout(TokenLayout.decode_step(rows.stop - rows.start, self.device))
-            hidden[rows] = self.lm.model(
-                inputs_embeds=self._embed_tokens(token[rows, None]),
-                attention_mask=mask[rows],
-                position_ids=positions[rows],
-                cache=_rows_view(cache, rows, held),
-                use_cache=True,
-            ).last_hidden_state[:, -1]
+            view = _rows_view(cache, rows, held)
+            hidden[rows] = self._step_forward(view, token[rows], mask[rows], positions[rows])
         for layer in cache.layers:
             layer.cumulative_length.fill_(held + 1)
         return hidden
+
+    def _step_forward(
+        self, cache: Cache, token: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """One generated token per row through ``cache``: the (rows, d) states predicting the next."""
+        self._set_layout(TokenLayout.decode_step(token.shape[0], self.device))
+        return self.lm.model(
+            inputs_embeds=self._embed_tokens(token[:, None]),
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1]
 
     def _continuation(
         self, first: Prompt, analysis: Generation, second: Prompt, fed: int
