@@ -4,7 +4,9 @@
 
 Perception: easy-vqa (direct), single-hop scene questions (direct) and scene descriptions
 (object accuracy). Analyses: for every scene prompt the weights were aligned on, its step-1
-text on multi-hop questions against the scene graph's (exact rate, object accuracy, length).
+text on multi-hop questions against the scene graph's (exact rate, object accuracy, length),
+and step 2's accuracy after an exactly right analysis apart from after any other (reading
+errors apart from seeing errors).
 Reasoning: multi-hop questions answered directly, by each dual-query prompt and by their
 ensembles (majority, and weighted by each prompt's reliability as estimated from the answers
 alone), with bootstrap intervals and paired differences against direct. Every mode answers
@@ -242,15 +244,22 @@ def prompt_agreement(rows: list[dict], prompt_ids: list[str], reliability) -> di
 
 
 def analysis_quality(rows: list[dict], by_id: dict, skills: dict[str, str]) -> dict[str, dict]:
-    """Each prompt's step-1 text against the exact text the scene graph gives for its skill."""
-    quality = defaultdict(lambda: {"exact": [], "objects": [], "tokens": []})
+    """Each prompt's step-1 text against the exact text the scene graph gives for its skill.
+
+    Step 2's accuracy is split by whether the analysis was exactly right: wrong answers after
+    an exact analysis are step 2 failing to read it (text reasoning), the others mostly step 1
+    failing to see (perception).
+    """
+    quality = defaultdict(lambda: {"exact": [], "objects": [], "tokens": [], "after": ([], [])})
     for row in rows:
         record = by_id[row["id"]]
         scene = scene_by_id(record.metadata["scene_id"])
         for trace in row["prompts"]:
             target = analysis(skills[trace["prompt_id"]], scene, record.question)
             entry = quality[trace["prompt_id"]]
-            entry["exact"].append(float(trace["analysis"].strip() == target))
+            exact = trace["analysis"].strip() == target
+            entry["exact"].append(float(exact))
+            entry["after"][exact].append(score("exact_match", trace["answer"], record))
             if trace.get("analysis_tokens") is not None:  # absent from rows stored by older versions
                 entry["tokens"].append(trace["analysis_tokens"])
             if description_objects(target):
@@ -261,9 +270,15 @@ def analysis_quality(rows: list[dict], by_id: dict, skills: dict[str, str]) -> d
             "exact": round(mean(q["exact"]), 3),
             "object_accuracy": round(mean(q["objects"]), 3) if q["objects"] else None,
             "mean_tokens": round(mean(q["tokens"]), 1) if q["tokens"] else None,
+            "answer_after_exact_analysis": _rate(q["after"][True]),
+            "answer_after_other_analysis": _rate(q["after"][False]),
         }
         for pid, q in quality.items()
     }
+
+
+def _rate(scores: list[float]) -> dict[str, float | int | None]:
+    return {"n": len(scores), "accuracy": round(mean(scores), 3) if scores else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,3 +84,28 @@ def test_from_records_needs_no_model(script, records, tmp_path, monkeypatch) -> 
     out = tmp_path / "summary.json"
     assert script["main"](["--n", "40", "--from-records", str(stored), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["reasoning"]["modes"]["dual:strong"]["score"] == pytest.approx(0.9)
+
+
+def test_step_two_is_scored_apart_after_exact_analyses(script, records) -> None:
+    """Reading errors (wrong after an exact analysis) are told apart from seeing errors."""
+    from sdrt.data.scene_analyses import analysis
+    from sdrt.data.scenes import scene_by_id
+
+    rows = stored_rows(records)
+    for i, (row, record) in enumerate(zip(rows, records, strict=True)):
+        exact = analysis("description", scene_by_id(record.metadata["scene_id"]), record.question)
+        strong = next(t for t in row["prompts"] if t["prompt_id"] == "strong")
+        strong["analysis"] = exact if i % 4 else "From left to right: nothing."
+        strong["answer"] = record.answers[0] if i % 4 else "purple"
+        if i % 8 == 1:  # an exact analysis read wrongly
+            strong["answer"] = "orange" if record.answers[0] != "orange" else "purple"
+    by_id = {r.id: r for r in records}
+    quality = script["analysis_quality"](rows, by_id, SKILLS)["strong"]
+    exact_n = sum(1 for i in range(len(records)) if i % 4)
+    misread = sum(1 for i in range(len(records)) if i % 8 == 1)
+    assert quality["exact"] == pytest.approx(exact_n / len(records), abs=1e-3)
+    assert quality["answer_after_exact_analysis"] == {
+        "n": exact_n,
+        "accuracy": round(1 - misread / exact_n, 3),
+    }
+    assert quality["answer_after_other_analysis"] == {"n": len(records) - exact_n, "accuracy": 0.0}
