@@ -9,7 +9,8 @@ and step 2's accuracy after an exactly right analysis apart from after any other
 errors apart from seeing errors).
 Reasoning: multi-hop questions answered directly, by each dual-query prompt and by their
 ensembles (majority, and weighted by each prompt's reliability as estimated from the answers
-alone), with bootstrap intervals and paired differences against direct. Every mode answers
+alone), with bootstrap intervals and paired differences against direct, and the prompt
+subsets whose ensembles score best on these records (a choice for another split). Every mode answers
 the same seeded records; ``--split validation`` is for choosing, ``--split test`` for reporting.
 ``--records-out`` keeps every record's answers; ``--from-records`` summarises them again
 without the model.
@@ -22,6 +23,8 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from itertools import combinations
 from pathlib import Path
 from statistics import mean
 
@@ -194,6 +197,7 @@ def reasoning_summary(
         all_ids, reliability.vote
     )
     best = max(by_prompt, key=lambda pid: mean(by_prompt[pid]))
+    subsets = ranked_subsets(all_ids, ensemble_scores)
     modes = {"direct": direct, **{f"dual:{pid}": by_prompt[pid] for pid in all_ids}, **ensembles}
     per_type = defaultdict(lambda: defaultdict(list))
     full = ensembles[next(iter(ensembles))]
@@ -208,6 +212,8 @@ def reasoning_summary(
         "ensemble_versus_best_prompt": {
             mode: paired(scores, by_prompt[best]) for mode, scores in ensembles.items()
         },
+        # Chosen on these records: which prompts a later run should ensemble, not a held-out score.
+        "ensemble_subsets_ranked_here": subsets,
         "per_question_type": {
             t: {m: round(mean(v), 3) for m, v in modes_.items()} | {"n": len(modes_["direct"])}
             for t, modes_ in sorted(per_type.items())
@@ -215,6 +221,22 @@ def reasoning_summary(
         "prompts": prompt_agreement(rows, all_ids, reliability),
         "analyses": analysis_quality(rows, by_id, skills),
     }
+
+
+def ranked_subsets(
+    prompt_ids: list[str], ensemble_scores: Callable[[list[str]], list[float]], top: int = 5
+) -> list[dict]:
+    """The best majority-vote ensembles over every subset of two or more prompts, best first.
+
+    A selection made on the records it is scored on: it says which K prompts to ensemble on
+    another split, and its score is optimistic here.
+    """
+    ranked = []
+    for size in range(2, len(prompt_ids) + 1):
+        for subset in combinations(prompt_ids, size):
+            ranked.append({"prompts": list(subset), "score": round(mean(ensemble_scores(list(subset))), 3)})
+    ranked.sort(key=lambda entry: (-entry["score"], len(entry["prompts"])))
+    return ranked[:top]
 
 
 def prompt_answer(row: dict, prompt_id: str) -> str:

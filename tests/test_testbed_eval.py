@@ -109,3 +109,17 @@ def test_step_two_is_scored_apart_after_exact_analyses(script, records) -> None:
         "accuracy": round(1 - misread / exact_n, 3),
     }
     assert quality["answer_after_other_analysis"] == {"n": len(records) - exact_n, "accuracy": 0.0}
+
+
+def test_prompt_subsets_are_ranked_by_their_majority_vote(script, records) -> None:
+    """Two weak prompts outvote the strong one in the full ensemble; a subset without one of
+    them ties, broken by likelihood (equal here) and then order, so the strong prompt wins."""
+    from sdrt.prompts.library import PromptLibrary
+
+    summary = script["reasoning_summary"](stored_rows(records), records, SKILLS, PromptLibrary.builtin())
+    ranked = summary["ensemble_subsets_ranked_here"]
+    full = summary["modes"]["ensemble (K=3, all scene prompts)"]["score"]
+    assert len(ranked) == 4  # three pairs and the triple
+    assert [entry["score"] for entry in ranked] == sorted((entry["score"] for entry in ranked), reverse=True)
+    assert ranked[0]["score"] > full and "strong" in ranked[0]["prompts"]
+    assert {"prompts": ["strong", "weak_a", "weak_b"], "score": full} in ranked
