@@ -24,9 +24,11 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 import torch
 
@@ -68,9 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="summarise the multi-hop answers a --records-out run kept, without the model",
     )
+    parser.add_argument(
+        "--baseline-records",
+        type=Path,
+        default=None,
+        help="with --from-records: the same records answered by other weights, compared pairwise",
+    )
     parser.add_argument("--skip-perception", action="store_true")
     parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.baseline_records and not args.from_records:
+        parser.error("--baseline-records compares stored answers: give --from-records too")
+    return args
 
 
 def interval(scores: list[float]) -> dict[str, float]:
@@ -134,6 +145,11 @@ def reasoning(vlm: EmbeddedVLM, skills: dict[str, str], args: argparse.Namespace
     return reasoning_summary(rows, records, skills, library)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows a ``--records-out`` run kept."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def multi_hop_records(args: argparse.Namespace) -> list:
     return load_records("scenes:multi-hop", split=args.split, limit=args.n, seed=args.seed)
 
@@ -160,27 +176,47 @@ def record_row(record, direct, dual) -> dict:
     }
 
 
-def reasoning_summary(
-    rows: list[dict], records: list, skills: dict[str, str], library: PromptLibrary
-) -> dict:
-    """Scores, paired differences and ensembles of the rows (one per record, in ``records``' order)."""
+@dataclass
+class ModeScores:
+    """Per-record scores (1 right, 0 wrong) of every mode, in the records' order."""
+
+    direct: list[float]
+    by_prompt: dict[str, list[float]]
+    ensembles: dict[str, list[float]]
+    ensemble_scores: Callable[..., list[float]]  # prompt ids (and a vote) -> per-record scores
+    reliability: Any
+
+    @property
+    def modes(self) -> dict[str, list[float]]:
+        return {
+            "direct": self.direct,
+            **{f"dual:{p}": v for p, v in self.by_prompt.items()},
+            **self.ensembles,
+        }
+
+
+def checked_records(rows: list[dict], records: list) -> dict:
+    """The records by id, once the stored rows are known to be theirs, question for question."""
     by_id = {r.id: r for r in records}
     if [row["id"] for row in rows] != [r.id for r in records]:
         raise SystemExit("the stored records are not this split's sample: other --split, --n or --seed?")
     asked = sum(row["question"] != by_id[row["id"]].question for row in rows)
     if asked:
         raise SystemExit(f"{asked} stored questions differ from what the scene generator asks now")
+    return by_id
+
+
+def mode_scores(rows: list[dict], by_id: dict, skills: dict[str, str], library: PromptLibrary) -> ModeScores:
+    """Direct, every prompt and the ensembles (all prompts, the default K = 3, reliability-weighted)."""
 
     def scored(answer: str, row: dict) -> float:
         return score("exact_match", answer, by_id[row["id"]])
 
-    all_ids = [pid for pid in skills]
+    all_ids = list(skills)
     candidates = [
         [Candidate(t["prompt_id"], t["answer"], t["logprob"], t["mean_logprob"]) for t in row["prompts"]]
         for row in rows
     ]
-    direct = [scored(row["direct"], row) for row in rows]
-    by_prompt = {pid: [scored(prompt_answer(row, pid), row) for row in rows] for pid in all_ids}
     reliability = estimate_reliability(candidates)  # from the answers alone: no references read
 
     def ensemble_scores(ids: list[str], vote=get_strategy("majority")) -> list[float]:
@@ -196,30 +232,64 @@ def reasoning_summary(
     ensembles[f"ensemble (K={len(all_ids)}, reliability-weighted)"] = ensemble_scores(
         all_ids, reliability.vote
     )
+    return ModeScores(
+        direct=[scored(row["direct"], row) for row in rows],
+        by_prompt={pid: [scored(prompt_answer(row, pid), row) for row in rows] for pid in all_ids},
+        ensembles=ensembles,
+        ensemble_scores=ensemble_scores,
+        reliability=reliability,
+    )
+
+
+def reasoning_summary(
+    rows: list[dict], records: list, skills: dict[str, str], library: PromptLibrary
+) -> dict:
+    """Scores, paired differences and ensembles of the rows (one per record, in ``records``' order)."""
+    by_id = checked_records(rows, records)
+    scores = mode_scores(rows, by_id, skills, library)
+    modes, direct, by_prompt = scores.modes, scores.direct, scores.by_prompt
     best = max(by_prompt, key=lambda pid: mean(by_prompt[pid]))
-    subsets = ranked_subsets(all_ids, ensemble_scores)
-    modes = {"direct": direct, **{f"dual:{pid}": by_prompt[pid] for pid in all_ids}, **ensembles}
     per_type = defaultdict(lambda: defaultdict(list))
-    full = ensembles[next(iter(ensembles))]
+    full = next(iter(scores.ensembles.values()))
     for row, d, e in zip(rows, direct, full, strict=True):
         per_type[row["question_type"]]["direct"].append(d)
         per_type[row["question_type"]]["ensemble"].append(e)
     return {
         "records": len(rows),
-        "modes": {mode: interval(scores) for mode, scores in modes.items()},
-        "versus_direct": {mode: paired(scores, direct) for mode, scores in modes.items() if mode != "direct"},
+        "modes": {mode: interval(values) for mode, values in modes.items()},
+        "versus_direct": {mode: paired(values, direct) for mode, values in modes.items() if mode != "direct"},
         "best_single_prompt": best,
         "ensemble_versus_best_prompt": {
-            mode: paired(scores, by_prompt[best]) for mode, scores in ensembles.items()
+            mode: paired(values, by_prompt[best]) for mode, values in scores.ensembles.items()
         },
         # Chosen on these records: which prompts a later run should ensemble, not a held-out score.
-        "ensemble_subsets_ranked_here": subsets,
+        "ensemble_subsets_ranked_here": ranked_subsets(list(skills), scores.ensemble_scores),
         "per_question_type": {
             t: {m: round(mean(v), 3) for m, v in modes_.items()} | {"n": len(modes_["direct"])}
             for t, modes_ in sorted(per_type.items())
         },
-        "prompts": prompt_agreement(rows, all_ids, reliability),
+        "prompts": prompt_agreement(rows, list(skills), scores.reliability),
         "analyses": analysis_quality(rows, by_id, skills),
+    }
+
+
+def versus_baseline(
+    rows: list[dict], baseline_rows: list[dict], records: list, skills: dict[str, str], library: PromptLibrary
+) -> dict:
+    """These weights against other weights on the same records: each mode's paired difference,
+    and the difference of each mode's gain over direct (does the reasoning gap grow?)."""
+    ours = mode_scores(rows, checked_records(rows, records), skills, library).modes
+    theirs = mode_scores(baseline_rows, checked_records(baseline_rows, records), skills, library).modes
+
+    def gain(modes: dict[str, list[float]], mode: str) -> list[float]:
+        return [m - d for m, d in zip(modes[mode], modes["direct"], strict=True)]
+
+    shared = [mode for mode in ours if mode in theirs]
+    return {
+        "score": {mode: paired(ours[mode], theirs[mode]) for mode in shared},
+        "gain_over_direct": {
+            mode: paired(gain(ours, mode), gain(theirs, mode)) for mode in shared if mode != "direct"
+        },
     }
 
 
@@ -320,10 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
     }
     if args.from_records:
-        rows = [json.loads(line) for line in args.from_records.read_text().splitlines() if line.strip()]
-        result["reasoning"] = reasoning_summary(
-            rows, multi_hop_records(args), skills, PromptLibrary.builtin()
-        )
+        rows = read_rows(args.from_records)
+        records, library = multi_hop_records(args), PromptLibrary.builtin()
+        result["reasoning"] = reasoning_summary(rows, records, skills, library)
+        if args.baseline_records:
+            baseline = read_rows(args.baseline_records)
+            result["versus_baseline"] = {"baseline_records": str(args.baseline_records)} | versus_baseline(
+                rows, baseline, records, skills, library
+            )
     else:
         vlm = EmbeddedVLM.load(weights_dir=folder, dtype=getattr(torch, args.dtype))
         result["weights"] = vlm.weights_info

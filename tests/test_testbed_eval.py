@@ -123,3 +123,29 @@ def test_prompt_subsets_are_ranked_by_their_majority_vote(script, records) -> No
     assert [entry["score"] for entry in ranked] == sorted((entry["score"] for entry in ranked), reverse=True)
     assert ranked[0]["score"] > full and "strong" in ranked[0]["prompts"]
     assert {"prompts": ["strong", "weak_a", "weak_b"], "score": full} in ranked
+
+
+def test_other_weights_are_compared_pairwise_with_the_gain_over_direct(
+    script, records, tmp_path, monkeypatch
+) -> None:
+    """Better weights: 'strong' right on more records while direct answers stay the same."""
+    ours, theirs = stored_rows(records, strong_wrong_every=1000), stored_rows(records, strong_wrong_every=2)
+    for name, rows in (("ours", ours), ("theirs", theirs)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setitem(
+        script["main"].__globals__,
+        "read_weights",
+        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
+    )
+    out = tmp_path / "summary.json"
+    argv = ["--n", "40", "--from-records", str(tmp_path / "ours.jsonl"), "--out", str(out)]
+    assert script["main"]([*argv, "--baseline-records", str(tmp_path / "theirs.jsonl")]) == 0
+    versus = json.loads(out.read_text())["versus_baseline"]
+    strong_then = sum(i % 2 != 0 for i in range(len(records))) / len(records)  # wrong on even rows
+    assert versus["score"]["direct"]["difference"] == 0.0
+    assert versus["score"]["dual:strong"]["difference"] == pytest.approx(1 - (1 / len(records)) - strong_then)
+    assert versus["gain_over_direct"]["dual:strong"]["difference"] == pytest.approx(
+        versus["score"]["dual:strong"]["difference"]
+    )  # direct answers did not change, so the gain grew by what the prompt gained
+    with pytest.raises(SystemExit):
+        script["parse_args"](["--baseline-records", str(tmp_path / "theirs.jsonl")])
