@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from sdrt.reasoning.ensemble import Candidate, EnsembleResult, fixed_weight_vote
 from sdrt.reasoning.extract import normalize_answer
@@ -43,9 +43,6 @@ class PromptReliability:
 
     def vote(self, candidates: Sequence[Candidate]) -> EnsembleResult:
         return fixed_weight_vote(candidates, self.vote_weights)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def estimate_reliability(
