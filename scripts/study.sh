@@ -6,11 +6,11 @@
 #   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all but the sweep)
 #   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
 #
-# 1. traces: the 7 scene prompts on 2,000 multi-hop questions of training scenes of seed 1
+# 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions of training scenes of seed 1
 #    (alignment drew its scenes from seed 0) and 500 easy-vqa training questions; no labels;
 # 2. distillation: the SDRT adapter, its ablations (configs/ablations) and the controls:
 #    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers;
-# 3. evaluation: direct, the K = 7 ensemble and every adapter on the same N_EVAL questions of
+# 3. evaluation: direct, the ensemble of those prompts and every adapter on the same N_EVAL questions of
 #    SPLIT, with paired intervals against direct (SPLIT-results-*.json in each folder); easy-vqa
 #    (test split only) joins in the test pass.
 # Every stage runs the embedded model in bfloat16 (the configs' dtype, --dtype here), the same
@@ -40,8 +40,11 @@ for run in $RUNS; do  # a misspelt name would silently train nothing
 done
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
-PROMPTS=image_description,image_decomposition,spatial_relations,counting,attribute_comparison,planned_reasoning_path,knowledge_recall
-COMMON=(--limit "$N_EVAL" --prompts "$PROMPTS" --k 7 --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
+# The ensemble is evaluated with the prompts the traces were made with (one home: the config).
+PROMPTS=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["prompts"]))' \
+    configs/study/traces-scenes.yaml)
+K=$(($(tr -cd , <<<"$PROMPTS" | wc -c) + 1))
+COMMON=(--limit "$N_EVAL" --prompts "$PROMPTS" --k "$K" --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
 
 # evaluate OUT MODES...: the scene benchmarks on SPLIT (the multi-hop scenes with every mode,
 # single-hop with all but the ensemble); easy-vqa has no validation split, so it is scored (on

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sdrt.evaluation.evaluate import EvalResults
 
-ENSEMBLE = "ensemble (K = 7)"
+ENSEMBLE = "ensemble (the teacher's labels)"
 
 
 def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:

@@ -38,7 +38,7 @@ def test_the_table_merges_benchmark_files_and_states_the_share_of_the_gain_kept(
     runpy.run_path(str(SCRIPT), run_name="__main__")
     out = capsys.readouterr().out
     scenes = out.split("### scenes (validation)")[1].split("###")[0]
-    assert "| ensemble (K = 7) | 500 | 0.700 |" in scenes
+    assert "| ensemble (the teacher's labels) | 500 | 0.700 |" in scenes
     row = next(line for line in scenes.splitlines() if line.startswith("| sdrt |"))
     assert "+0.150" in row and "| 20% | 75% |" in row  # 0.15 of the ensemble's 0.20
     assert "### scenes-single-hop (validation)" in out and "-0.005" in out
