@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from statistics import mean
-from typing import Any
 
 import torch
 
@@ -42,7 +41,7 @@ from sdrt.prompts.library import PromptLibrary
 from sdrt.reasoning.ensemble import Candidate, get_strategy
 from sdrt.reasoning.extract import normalize_answer
 from sdrt.reasoning.modes import GenerationBudget, answer_direct, answer_dual_query
-from sdrt.reasoning.reliability import estimate_reliability
+from sdrt.reasoning.reliability import PromptReliability, estimate_reliability
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,7 +183,7 @@ class ModeScores:
     by_prompt: dict[str, list[float]]
     ensembles: dict[str, list[float]]
     ensemble_scores: Callable[..., list[float]]  # prompt ids (and a vote) -> per-record scores
-    reliability: Any
+    reliability: PromptReliability
 
     @property
     def modes(self) -> dict[str, list[float]]:
@@ -314,7 +313,9 @@ def prompt_answer(row: dict, prompt_id: str) -> str:
     return next(t["answer"] for t in row["prompts"] if t["prompt_id"] == prompt_id)
 
 
-def prompt_agreement(rows: list[dict], prompt_ids: list[str], reliability) -> dict[str, dict]:
+def prompt_agreement(
+    rows: list[dict], prompt_ids: list[str], reliability: PromptReliability
+) -> dict[str, dict]:
     """Per prompt: how often it answers as direct does, and its label-free reliability estimate.
 
     A prompt whose step 2 answered from the image rather than from its analysis would agree
