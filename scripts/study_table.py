@@ -6,7 +6,9 @@ Reads ``WORK/SPLIT-base-*.json`` (direct and ensemble) and
 ``WORK/<variant>/SPLIT-results-*.json`` (direct and adapter, the same questions), one file per
 benchmark. Per benchmark: the score with its 95% interval, the paired difference against direct
 with its interval, and the share of answers that differ from direct; for the multi-hop scenes
-also the share of the ensemble's gain the variant keeps.
+also the share of the ensemble's gain the variant keeps. Each prompt's own step-2 answers
+inside the ensemble are rows of their own (``dual:<id>``), and the ensemble is compared, paired,
+with the best of them (a prompt chosen on the same questions, so a generous baseline).
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdrt.evaluation.evaluate import EvalResults
+from sdrt.evaluation.benchmarks import get_benchmark
+from sdrt.evaluation.evaluate import (
+    Comparison,
+    EvalResults,
+    ItemResult,
+    compare,
+    prompt_results,
+    summarise,
+)
 
 ENSEMBLE = "ensemble (the teacher's labels)"
 
@@ -27,10 +37,46 @@ def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:
     for (benchmark, m), s in summaries.items():
         if m != mode:
             continue
-        c = comparisons.get((benchmark, mode))
-        paired = (c.difference, c.ci_low, c.ci_high, c.changed) if c else (0.0, 0.0, 0.0, 0.0)
-        out[benchmark] = (name, s.n, s.score, s.ci_low, s.ci_high, *paired)
+        out[benchmark] = (
+            name,
+            s.n,
+            s.score,
+            s.ci_low,
+            s.ci_high,
+            *paired(comparisons.get((benchmark, mode))),
+        )
     return out
+
+
+def prompt_rows(base: EvalResults) -> tuple[dict[str, dict[str, tuple]], list[str]]:
+    """Each prompt's own answers inside the ensemble as variants, and per benchmark a line
+    comparing the ensemble, paired, with its best prompt."""
+    by_mode: dict[tuple[str, str], list[ItemResult]] = {}
+    for item in base.items + prompt_results([i for i in base.items if i.mode == "ensemble"]):
+        by_mode.setdefault((item.benchmark, item.mode), []).append(item)
+    rows: dict[str, dict[str, tuple]] = {}
+    best: dict[str, tuple[float, str]] = {}
+    for (benchmark, mode), items in sorted(by_mode.items()):
+        direct = by_mode.get((benchmark, "direct"))
+        if not mode.startswith("dual:") or not direct:
+            continue
+        s = summarise(get_benchmark(benchmark), mode, items)
+        c = compare(benchmark, mode, "direct", items, direct)
+        rows.setdefault(mode, {})[benchmark] = (mode, s.n, s.score, s.ci_low, s.ci_high, *paired(c))
+        best[benchmark] = max(best.get(benchmark, (-1.0, "")), (s.score, mode))
+    lines = []
+    for benchmark, (_, mode) in sorted(best.items()):
+        c = compare(benchmark, "ensemble", mode, by_mode[(benchmark, "ensemble")], by_mode[(benchmark, mode)])
+        lines.append(
+            f"{benchmark}: ensemble − its best prompt ({mode}, chosen on these questions) = "
+            f"{c.difference:+.3f} ({c.ci_low:+.3f} … {c.ci_high:+.3f}, paired, n = {c.n})"
+        )
+    return rows, lines
+
+
+def paired(c: Comparison | None) -> tuple[float, float, float, float]:
+    """(difference, interval low, high, share changed) of a comparison; zeros for direct itself."""
+    return (c.difference, c.ci_low, c.ci_high, c.changed) if c else (0.0, 0.0, 0.0, 0.0)
 
 
 def load_all(paths: list[Path]) -> EvalResults:
@@ -50,6 +96,8 @@ def main(work: Path, split: str) -> None:
         "direct": rows_of(base, "direct", "direct"),
         ENSEMBLE: rows_of(base, ENSEMBLE, "ensemble"),
     }
+    per_prompt, best_prompt_lines = prompt_rows(base)
+    table.update(per_prompt)
     for folder in sorted(p for p in work.iterdir() if list(p.glob(f"{split}-results-*.json"))):
         results = load_all(list(folder.glob(f"{split}-results-*.json")))
         table[folder.name] = rows_of(results, folder.name, "adapter")
@@ -78,11 +126,15 @@ def main(work: Path, split: str) -> None:
                 continue
             name, n, score, low, high, diff, dlow, dhigh, changed = rows[benchmark]
             gain = ensemble_gain.get(benchmark, 0.0)
-            kept = f"{100 * diff / gain:.0f}%" if gain > 0 and name not in ("direct", ENSEMBLE) else ""
+            credited = name not in ("direct", ENSEMBLE) and not name.startswith("dual:")
+            kept = f"{100 * diff / gain:.0f}%" if gain > 0 and credited else ""
             print(
                 f"| {name} | {n} | {score:.3f} | {low:.3f}–{high:.3f} | {diff:+.3f} | "
                 f"{dlow:+.3f} … {dhigh:+.3f} | {100 * changed:.0f}% | {kept} |"
             )
+        for line in best_prompt_lines:
+            if line.startswith(f"{benchmark}:"):
+                print(f"\n{line}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from sdrt.evaluation.evaluate import Comparison, EvalResults, ModeSummary
+from sdrt.evaluation.evaluate import Comparison, EvalResults, ItemResult, ModeSummary, prompt_results
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "study_table.py"
 
@@ -42,3 +42,53 @@ def test_the_table_merges_benchmark_files_and_states_the_share_of_the_gain_kept(
     row = next(line for line in scenes.splitlines() if line.startswith("| sdrt |"))
     assert "+0.150" in row and "| 20% | 75% |" in row  # 0.15 of the ensemble's 0.20
     assert "### scenes-single-hop (validation)" in out and "-0.005" in out
+
+
+def item(mode: str, record: int, prediction: str, reference: str, prompt_answers=None) -> ItemResult:
+    right = float(prediction == reference)
+    return ItemResult(
+        "scenes",
+        mode,
+        f"r{record}",
+        "q",
+        prediction,
+        prediction,
+        [reference],
+        right,
+        2,
+        1,
+        0.1,
+        prompt_answers=prompt_answers or {},
+    )
+
+
+def test_each_prompt_inside_the_ensemble_is_scored_and_the_ensemble_compared_with_the_best(
+    tmp_path, capsys, monkeypatch
+):
+    # Four questions, reference "yes". Prompt a is right on 3, prompt b on 1; the vote on 3.
+    answers = [("yes", "yes"), ("yes", "no"), ("yes", "no"), ("no", "no")]
+    items = [item("direct", r, "no", "yes") for r in range(4)]
+    for r, (a, b) in enumerate(answers):
+        voted = "yes" if r < 3 else "no"
+        items.append(item("ensemble", r, voted, "yes", {"a": a, "b": b}))
+    EvalResults(
+        summaries=[summary("scenes", "direct", 0.0), summary("scenes", "ensemble", 0.75)],
+        comparisons=[Comparison("scenes", "ensemble", "direct", 4, 0.75, 0.5, 1.0, 0.75)],
+        items=items,
+    ).save(tmp_path / "validation-base-scenes.json")
+    monkeypatch.setattr(sys, "argv", ["study_table.py", str(tmp_path), "validation"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = capsys.readouterr().out
+    row_a = next(line for line in out.splitlines() if line.startswith("| dual:a |"))
+    row_b = next(line for line in out.splitlines() if line.startswith("| dual:b |"))
+    assert "| 4 | 0.750 |" in row_a and "+0.750" in row_a
+    assert "| 4 | 0.250 |" in row_b and "+0.250" in row_b
+    assert "ensemble − its best prompt (dual:a, chosen on these questions) = +0.000" in out
+
+
+def test_prompt_results_score_each_prompts_answer_with_the_benchmarks_metric():
+    ensemble = item("ensemble", 0, "two", "2", {"a": " 2.", "b": "3"})
+    scored = {r.mode: r for r in prompt_results([ensemble])}
+    assert set(scored) == {"dual:a", "dual:b"}
+    assert scored["dual:a"].score == 1.0 and scored["dual:b"].score == 0.0  # exact_match normalises
+    assert scored["dual:a"].generated_tokens == 0 and scored["dual:a"].record_id == "r0"

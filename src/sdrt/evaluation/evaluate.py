@@ -11,11 +11,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sdrt.data.records import VQARecord
-from sdrt.evaluation.benchmarks import Benchmark
+from sdrt.evaluation.benchmarks import Benchmark, get_benchmark
 from sdrt.evaluation.metrics import score
 from sdrt.evaluation.stats import bootstrap_ci, paired_difference
 from sdrt.models.base import VisionLanguageModel
@@ -209,6 +209,34 @@ def compare(
 def answer_changed(item: ItemResult, baseline: ItemResult) -> bool:
     """Whether two answers to one question differ (case and surrounding space aside)."""
     return item.prediction.strip().lower() != baseline.prediction.strip().lower()
+
+
+def prompt_results(items: Sequence[ItemResult]) -> list[ItemResult]:
+    """Each prompt's own step-2 answer inside an ensemble, scored as an answer of mode ``dual:<id>``.
+
+    The K answers an ensemble votes on are K dual-query answers already paid for, so scoring
+    them gives every prompt's accuracy on the same questions without running it again. Their
+    cost is not split by prompt: tokens, calls and seconds are left at 0.
+    """
+    out = []
+    for item in items:
+        metric = get_benchmark(item.benchmark).metric
+        record = {"answers": item.references, "choices": item.choices, "answer_index": item.answer_index}
+        for prompt_id, answer in item.prompt_answers.items():
+            out.append(
+                replace(
+                    item,
+                    mode=f"dual:{prompt_id}",
+                    prediction=answer,
+                    raw_prediction=answer,
+                    score=score(metric, answer, record),
+                    generated_tokens=0,
+                    model_calls=0,
+                    seconds=0.0,
+                    prompt_answers={},
+                )
+            )
+    return out
 
 
 def changes_by_question_type(

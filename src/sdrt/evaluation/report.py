@@ -12,14 +12,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from sdrt.evaluation.benchmarks import get_benchmark  # noqa: E402
 from sdrt.evaluation.evaluate import (  # noqa: E402
     EvalResults,
     ItemResult,
     ModeSummary,
     changes_by_question_type,
+    prompt_results,
 )
-from sdrt.evaluation.metrics import score  # noqa: E402
 
 
 def markdown_table(summaries: Sequence[ModeSummary]) -> str:
@@ -39,11 +38,8 @@ def markdown_table(summaries: Sequence[ModeSummary]) -> str:
 def per_prompt_scores(items: Sequence[ItemResult]) -> dict[tuple[str, str], float]:
     """(benchmark, prompt id) -> mean score of that prompt's own answer inside the ensemble."""
     totals: dict[tuple[str, str], list[float]] = {}
-    for item in items:
-        metric = get_benchmark(item.benchmark).metric
-        for prompt_id, answer in item.prompt_answers.items():
-            record = {"answers": item.references, "choices": item.choices, "answer_index": item.answer_index}
-            totals.setdefault((item.benchmark, prompt_id), []).append(score(metric, answer, record))
+    for item in prompt_results(items):
+        totals.setdefault((item.benchmark, item.mode.removeprefix("dual:")), []).append(item.score)
     return {key: sum(v) / len(v) for key, v in totals.items()}
 
 
