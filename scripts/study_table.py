@@ -21,6 +21,7 @@ from sdrt.evaluation.evaluate import (
     Comparison,
     EvalResults,
     ItemResult,
+    changes_by_question_type,
     compare,
     prompt_results,
     summarise,
@@ -98,9 +99,11 @@ def main(work: Path, split: str) -> None:
     }
     per_prompt, best_prompt_lines = prompt_rows(base)
     table.update(per_prompt)
+    by_type = {}
     for folder in sorted(p for p in work.iterdir() if list(p.glob(f"{split}-results-*.json"))):
         results = load_all(list(folder.glob(f"{split}-results-*.json")))
         table[folder.name] = rows_of(results, folder.name, "adapter")
+        by_type[folder.name] = results
     benchmarks = sorted({b for rows in table.values() for b in rows})
     ensemble_gain = {
         b: table[ENSEMBLE][b][2] - table["direct"][b][2]
@@ -135,6 +138,23 @@ def main(work: Path, split: str) -> None:
         for line in best_prompt_lines:
             if line.startswith(f"{benchmark}:"):
                 print(f"\n{line}")
+        print_changes_by_type(by_type, benchmark)
+
+
+def print_changes_by_type(results_of: dict[str, EvalResults], benchmark: str) -> None:
+    """Per variant and question type: direct's score, the variant's, and the answers it changes."""
+    rows = [
+        (name, *row)
+        for name, results in results_of.items()
+        for row in changes_by_question_type(results, benchmark, "adapter", "direct")
+        if row[0] != "all"  # a benchmark without question types has nothing to add here
+    ]
+    if not rows:
+        return
+    print("\n| variant | question type | n | direct | variant | changed |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, kind, n, direct, score, changed in rows:
+        print(f"| {name} | {kind} | {n} | {direct:.3f} | {score:.3f} | {100 * changed:.0f}% |")
 
 
 if __name__ == "__main__":

@@ -245,3 +245,24 @@ def test_config_files_merge_in_order_then_flags(tmp_path):
     assert (config.loss.hidden, config.loss.ce) == (1.0, 0.0)  # one field of a section overridden
     alone = load_config(DistillConfig, base)  # a single file still reads alone
     assert alone.adapter.skip.enabled is True  # an adapter section keeps SDRT's skip on
+
+
+def test_demo_options_override_only_what_they_name(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import sdrt.demo
+    from sdrt.cli import app
+
+    plans = []
+    monkeypatch.setattr(sdrt.demo, "run_demo", plans.append)
+    args = ["demo", "--train-scenes", "7", "--steps", "3", "--work-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (plan,) = plans
+    default = sdrt.demo.DemoPlan()
+    assert (plan.train_scenes, plan.distill_steps, plan.work_dir) == (7, 3, tmp_path)
+    assert (plan.train_easy_vqa, plan.eval_examples, plan.dtype) == (
+        default.train_easy_vqa,
+        default.eval_examples,
+        default.dtype,
+    )

@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
+import yaml
 from PIL import Image
 
-from sdrt.demo import DemoPlan, run_demo
+from sdrt.demo import SCENE_PROMPTS, DemoPlan, run_demo
 from sdrt.evaluation.evaluate import EvalResults
 
 
@@ -76,3 +78,11 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert [entry["step"] for entry in log] == [1, 2, 3]
     assert "distill: reusing" not in text
     assert "evaluate reasoning: reusing" not in text and "evaluate guards: reusing" not in text
+
+
+def test_the_demo_traces_the_prompts_the_study_chose():
+    """One choice of scene prompts (made on validation scenes): the demo and the study agree."""
+    config = Path(__file__).parents[1] / "configs" / "study" / "traces-scenes.yaml"
+    study = yaml.safe_load(config.read_text())
+    assert tuple(study["prompts"]) == SCENE_PROMPTS and study["k"] == len(SCENE_PROMPTS)
+    assert DemoPlan().prompts == SCENE_PROMPTS

@@ -44,7 +44,9 @@ def test_the_table_merges_benchmark_files_and_states_the_share_of_the_gain_kept(
     assert "### scenes-single-hop (validation)" in out and "-0.005" in out
 
 
-def item(mode: str, record: int, prediction: str, reference: str, prompt_answers=None) -> ItemResult:
+def item(
+    mode: str, record: int, prediction: str, reference: str, prompt_answers=None, kind=None
+) -> ItemResult:
     right = float(prediction == reference)
     return ItemResult(
         "scenes",
@@ -59,6 +61,7 @@ def item(mode: str, record: int, prediction: str, reference: str, prompt_answers
         1,
         0.1,
         prompt_answers=prompt_answers or {},
+        question_type=kind,
     )
 
 
@@ -92,3 +95,24 @@ def test_prompt_results_score_each_prompts_answer_with_the_benchmarks_metric():
     assert set(scored) == {"dual:a", "dual:b"}
     assert scored["dual:a"].score == 1.0 and scored["dual:b"].score == 0.0  # exact_match normalises
     assert scored["dual:a"].generated_tokens == 0 and scored["dual:a"].record_id == "r0"
+
+
+def test_the_answers_a_variant_changes_are_shown_per_question_type(tmp_path, capsys, monkeypatch):
+    EvalResults(summaries=[summary("scenes", "direct", 0.5)]).save(tmp_path / "validation-base-scenes.json")
+    kinds = ["count", "count", "colour", "colour"]
+    direct = [item("direct", r, "no", "yes", kind=k) for r, k in enumerate(kinds)]
+    answers = ["yes", "no", "no", "no"]
+    adapter = [
+        item("adapter", r, p, "yes", kind=k) for r, (p, k) in enumerate(zip(answers, kinds, strict=True))
+    ]
+    (tmp_path / "sdrt").mkdir()
+    EvalResults(
+        summaries=[summary("scenes", "direct", 0.0), summary("scenes", "adapter", 0.25)],
+        comparisons=[Comparison("scenes", "adapter", "direct", 4, 0.25, 0.0, 0.75, 0.25)],
+        items=direct + adapter,
+    ).save(tmp_path / "sdrt" / "validation-results-scenes.json")
+    monkeypatch.setattr(sys, "argv", ["study_table.py", str(tmp_path), "validation"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "| sdrt | count | 2 | 0.000 | 0.500 | 50% |" in out
+    assert "| sdrt | colour | 2 | 0.000 | 0.000 | 0% |" in out

@@ -378,33 +378,35 @@ def benchmarks(
 
 @app.command()
 def demo(
-    eval_examples: Annotated[int, typer.Option(help="held-out multi-hop scene questions")] = 60,
+    eval_examples: Annotated[int | None, typer.Option(help="held-out multi-hop scene questions")] = None,
     guard_examples: Annotated[
-        int, typer.Option(help="held-out questions of each guard (single-hop scenes, easy-vqa)")
-    ] = 60,
-    train_examples: Annotated[int, typer.Option(help="training questions per source (no labels used)")] = 64,
-    steps: Annotated[int, typer.Option(help="distillation steps")] = 60,
-    dtype: Annotated[
-        str, typer.Option(help="float32 | bfloat16 (faster on CPUs with bfloat16 units)")
-    ] = "float32",
+        int | None, typer.Option(help="held-out questions of each guard (single-hop scenes, easy-vqa)")
+    ] = None,
+    train_scenes: Annotated[
+        int | None, typer.Option(help="multi-hop scene training questions traced (no labels used)")
+    ] = None,
+    train_easy_vqa: Annotated[int | None, typer.Option(help="easy-vqa training questions traced")] = None,
+    steps: Annotated[int | None, typer.Option(help="distillation steps")] = None,
+    dtype: Annotated[str | None, typer.Option(help="bfloat16 | float32")] = None,
     work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("report"),
 ) -> None:
-    """End to end on the embedded model: traces -> distillation -> evaluation -> report."""
+    """End to end on the embedded model: traces -> distillation -> evaluation -> report.
+
+    An option left out keeps the demo's own plan (``sdrt.demo.DemoPlan``), sized for 2 CPU cores.
+    """
     from sdrt.demo import DemoPlan, run_demo
 
-    run_demo(
-        DemoPlan(
-            dtype=dtype,
-            train_easy_vqa=train_examples,
-            train_scenes=train_examples,
-            eval_examples=eval_examples,
-            guard_examples=guard_examples,
-            distill_steps=steps,
-            work_dir=work_dir,
-            report_dir=report_dir,
-        )
-    )
+    given = {
+        "eval_examples": eval_examples,
+        "guard_examples": guard_examples,
+        "train_scenes": train_scenes,
+        "train_easy_vqa": train_easy_vqa,
+        "distill_steps": steps,
+        "dtype": dtype,
+    }
+    chosen = {name: value for name, value in given.items() if value is not None}
+    run_demo(DemoPlan(work_dir=work_dir, report_dir=report_dir, **chosen))
 
 
 def _split_prompts_option(value: str | None) -> tuple[list[str] | None, Path | None]:

@@ -44,13 +44,18 @@ REASONING = ("scenes",)  # scored with every mode
 GUARDS = ("scenes-single-hop", "easy-vqa")  # scored with direct answers and the adapter
 EVAL_MODES = ("direct", "ensemble", "adapter")
 STAGES_FILE = "stages.json"
+# The scene prompts that beat direct answers most on validation scenes (docs/results.md, per
+# prompt); the study's traces use the same (configs/study/traces-scenes.yaml, a test checks).
+SCENE_PROMPTS = ("image_description", "counting", "spatial_relations")
 
 
 @dataclass(frozen=True)
 class DemoPlan:
     model: str = "embedded"
-    dtype: str = "float32"
+    dtype: str = "bfloat16"
+    prompts: tuple[str, ...] = SCENE_PROMPTS
     k: int = 3
+    analysis_tokens: int = 128  # a whole scene's description or count list fits
     train_easy_vqa: int = 64
     train_scenes: int = 64
     eval_examples: int = 60  # held-out multi-hop scene questions
@@ -75,7 +80,9 @@ def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
         name: TraceConfig(
             model=plan.model,
             data=DataSource(source=name, split="train", limit=sizes[name], seed=plan.seed),
+            prompts=list(plan.prompts),
             k=plan.k,
+            analysis_tokens=plan.analysis_tokens,
             batch_size=plan.batch_size,
             out=folder,
             dtype=plan.dtype,
@@ -113,7 +120,9 @@ def eval_configs(plan: DemoPlan) -> dict[str, EvalConfig]:
         "model": plan.model,
         "adapter": plan.work_dir / "adapter",
         "seed": plan.seed,
+        "prompts": list(plan.prompts),
         "k": plan.k,
+        "analysis_tokens": plan.analysis_tokens,
         "batch_size": plan.batch_size,
         "dtype": plan.dtype,
     }
@@ -214,9 +223,9 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     adapter_dir = run_distill(plan, model)
     results = run_eval(plan, model)
     notes = [
-        f"model: {plan.model} ({plan.dtype}); K = {plan.k} prompts; traces on {plan.train_scenes} "
-        f"multi-hop scene and {plan.train_easy_vqa} easy-vqa training questions (no labels used); "
-        f"{plan.distill_steps} distillation steps",
+        f"model: {plan.model} ({plan.dtype}); K = {plan.k} prompts ({', '.join(plan.prompts[: plan.k])}); "
+        f"traces on {plan.train_scenes} multi-hop scene and {plan.train_easy_vqa} easy-vqa training "
+        f"questions (no labels used); {plan.distill_steps} distillation steps",
         f"held out: {plan.eval_examples} multi-hop scene questions (test scenes) scored with every "
         f"mode; the guards, {plan.guard_examples} single-hop scene and easy-vqa questions, with "
         "direct answers and the adapter",
