@@ -6,10 +6,13 @@
 #   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all but the sweep)
 #   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
 #
-# 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions of training scenes of seed 1
-#    (alignment drew its scenes from seed 0) and 500 easy-vqa training questions; no labels;
+# 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions
+#    of training scenes of seed 1 (alignment drew its scenes from seed 0), 500 easy-vqa and 500
+#    single-hop scene training questions; no labels;
 # 2. distillation: the SDRT adapter, its ablations (configs/ablations) and the controls:
-#    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers;
+#    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers.
+#    The multi-hop traces are distilled; the easy-vqa and single-hop ones are retained (trained on
+#    the model's own direct answers, `--retain`), so that the guards stay as they were;
 # 3. evaluation: direct, the ensemble of those prompts and every adapter on the same N_EVAL questions of
 #    SPLIT, with paired intervals against direct (SPLIT-results-*.json in each folder); easy-vqa
 #    (test split only) joins in the test pass.
@@ -66,13 +69,14 @@ evaluate() {
     fi
 }
 
-for source in scenes easy-vqa; do
+SOURCES="scenes easy-vqa single-hop"
+for source in $SOURCES; do
     $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
 done
-for source in scenes easy-vqa; do  # pseudo-labels against references: measured, never trained on
+for source in $SOURCES; do  # pseudo-labels against references: measured, never trained on
     $SDRT label-quality "$WORK/traces-$source" --out "$WORK/label-quality-$source.json"
 done
-traces=(--traces "$WORK/traces-scenes" --traces "$WORK/traces-easy-vqa")
+traces=(--traces "$WORK/traces-scenes" --retain "$WORK/traces-easy-vqa" --retain "$WORK/traces-single-hop")
 cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
 
 # The reasoning baseline: direct answers and the ensemble the adapter learns from.

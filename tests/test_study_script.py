@@ -32,7 +32,11 @@ def test_runs_names_the_trainings_and_validation_scores_no_easy_vqa(tmp_path):
 def test_the_test_pass_runs_every_training_and_scores_easy_vqa(tmp_path):
     calls = run_study(tmp_path, SPLIT="test")
     assert sum(call[0] == "distill" for call in calls) == 8  # the adapter, 5 ablations, 2 controls
-    assert [call[0] for call in calls[:4]] == ["traces", "traces", "label-quality", "label-quality"]
+    assert [call[0] for call in calls[:6]] == ["traces"] * 3 + ["label-quality"] * 3
+    for call in (call for call in calls if call[0] == "distill"):  # multi-hop distilled, guards kept
+        traced = [call[i + 1].rsplit("/", 1)[1] for i, flag in enumerate(call) if flag == "--traces"]
+        kept = [call[i + 1].rsplit("/", 1)[1] for i, flag in enumerate(call) if flag == "--retain"]
+        assert traced == ["traces-scenes"] and kept == ["traces-easy-vqa", "traces-single-hop"]
     easy = [call for call in calls if call[0] == "eval" and "easy-vqa" in call]
     assert len(easy) == 9 and all("ensemble" not in call for call in easy)
 

@@ -176,6 +176,10 @@ def distill(
         list[Path] | None,
         typer.Option(help="trace folder from `sdrt traces` (repeatable; default runs/traces)"),
     ] = None,
+    retain: Annotated[
+        list[Path] | None,
+        typer.Option(help="trace folder of questions to keep answered as the model does (repeatable)"),
+    ] = None,
     method: Annotated[
         str | None,
         typer.Option(help="sdrt (the adapter, default) or lora-sft (the LoRA control on the same labels)"),
@@ -216,6 +220,7 @@ def distill(
         config,
         model=model,
         traces=traces,
+        retain=retain,
         method=method,
         out=out,
         steps=steps,

@@ -134,3 +134,26 @@ def test_controls_refuse_teacher_losses():
         DistillConfig(labels="direct")  # the default loss has a hidden-state term
     with pytest.raises(ValueError, match="lora-sft"):
         DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
+
+
+def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_ensemble(
+    own_model, trace_dir, make_traces, tmp_path
+):
+    from sdrt.distill.data import load_distill_examples
+
+    retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=4)
+    cfg = DistillConfig(
+        model="tiny:llava",
+        traces=trace_dir,
+        retain=retain,
+        out=tmp_path / "sdrt",
+        steps=2,
+        batch_size=4,
+        checkpoint_every=2,
+    )
+    result = run_distillation(cfg, own_model)
+    relabelled = json.loads((tmp_path / "sdrt" / "direct_labels.json").read_text())
+    retained_ids = {ex.record.id for ex in load_distill_examples(retain)}
+    assert set(relabelled) == retained_ids  # the ensemble's examples keep their pseudo-labels
+    assert retained_ids.isdisjoint(ex.record.id for ex in load_distill_examples(trace_dir))
+    assert {"hidden", "ce"} <= set(result.history[0].terms)  # still SDRT's objective

@@ -38,6 +38,11 @@ class DistillConfig(LoadOptions):
     # with cross-entropy alone (the loss weights below other than ce are not used).
     method: DistillMethod = "sdrt"
     traces: list[Path] = Field(default_factory=lambda: [Path("runs/traces")], min_length=1)
+    # trace folders of questions where no gain is sought (other tasks, easier questions): their
+    # examples are trained on the model's own greedy direct answers, not the ensemble's, so that
+    # distilling the reasoning elsewhere leaves what the model already answers as it was (a
+    # replay of the model's own outputs, as in continual learning; no labels read)
+    retain: list[Path] = Field(default_factory=list)
     out: Path = Path("runs/adapter")
 
     # the adapter, whole (layers None: four over the upper half; the skip is on unless
@@ -96,7 +101,7 @@ class DistillConfig(LoadOptions):
                 value = {**value, "skip": {**skip, "enabled": True}}
         return value
 
-    @field_validator("traces", mode="before")
+    @field_validator("traces", "retain", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
         return [value] if isinstance(value, str | Path) else value

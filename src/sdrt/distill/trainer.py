@@ -394,6 +394,22 @@ def check_traces(folder: Path, model: VisionLanguageModel) -> PromptLibrary:
     return library
 
 
+def traced_examples(
+    config: DistillConfig, folders: list[Path], model: VisionLanguageModel, min_agreement: float
+) -> list[DistillExample]:
+    """The examples of ``folders``, each folder's with the library it was traced with."""
+    examples: list[DistillExample] = []
+    for folder in folders:
+        library = check_traces(folder, model)
+        examples += load_distill_examples(
+            folder,
+            min_agreement=min_agreement,
+            library=library,
+            vote="reliability" if config.labels == "reliability" else "stored",
+        )
+    return examples
+
+
 def run_distillation(
     config: DistillConfig,
     model: VisionLanguageModel | None = None,
@@ -413,17 +429,12 @@ def run_distillation(
     init_distributed()
     rank, _ = world()
     model = model or load_model(config.model, config.load_options)
-    examples: list[DistillExample] = []
-    for folder in config.traces:  # each folder's examples keep the library they were traced with
-        library = check_traces(folder, model)
-        examples += load_distill_examples(
-            folder,
-            min_agreement=config.min_agreement,
-            library=library,
-            vote="reliability" if config.labels == "reliability" else "stored",
-        )
-    if config.labels == "direct":
-        examples = with_direct_labels(model, examples, config.out / "direct_labels.json")
+    examples = traced_examples(config, config.traces, model, config.min_agreement)
+    retained = traced_examples(config, config.retain, model, min_agreement=0.0)  # labels not voted
+    if config.labels == "direct":  # the self-training control: every example on direct answers
+        examples, retained = [], examples + retained
+    if retained:
+        examples += with_direct_labels(model, retained, config.out / "direct_labels.json")
     trainer = DistillTrainer(config, model, examples)
     if restart and rank == 0:
         shutil.rmtree(config.out / CHECKPOINTS, ignore_errors=True)
