@@ -32,6 +32,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         k=2,
         train_easy_vqa=4,
         train_scenes=4,
+        train_single_hop=3,
         eval_examples=3,
         guard_examples=2,
         distill_steps=2,
@@ -61,6 +62,8 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
             image.load()
             assert min(image.size) > 100
     assert (plan.work_dir / "adapter" / "adapter_config.json").exists()
+    retained = json.loads((plan.work_dir / "adapter" / "direct_labels.json").read_text())
+    assert len(retained) == 4 + 3  # easy-vqa and single-hop kept on the model's own answers
     capsys.readouterr()
 
     run_demo(plan)  # a rerun reuses every finished stage (results read back with EvalResults.load)
@@ -72,7 +75,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     # steps, new traces) and evaluation (new adapter); the easy-vqa traces are reused
     run_demo(dataclasses.replace(plan, distill_steps=3, train_scenes=5))
     text = "".join(capsys.readouterr())
-    assert "traces: 0 new, 4 already on disk" in text
+    assert "traces: 0 new, 4 already on disk" in text and "traces: 0 new, 3 already on disk" in text
     assert "traces: 5 new, 0 already on disk" in text
     log = json.loads((plan.work_dir / "adapter" / "train_log.json").read_text())
     assert [entry["step"] for entry in log] == [1, 2, 3]

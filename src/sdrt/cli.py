@@ -390,7 +390,12 @@ def demo(
     train_scenes: Annotated[
         int | None, typer.Option(help="multi-hop scene training questions traced (no labels used)")
     ] = None,
-    train_easy_vqa: Annotated[int | None, typer.Option(help="easy-vqa training questions traced")] = None,
+    train_single_hop: Annotated[
+        int | None, typer.Option(help="single-hop scene training questions traced, retained")
+    ] = None,
+    train_easy_vqa: Annotated[
+        int | None, typer.Option(help="easy-vqa training questions traced, retained")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="distillation steps")] = None,
     dtype: Annotated[str | None, typer.Option(help="bfloat16 | float32")] = None,
     work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
@@ -406,6 +411,7 @@ def demo(
         "eval_examples": eval_examples,
         "guard_examples": guard_examples,
         "train_scenes": train_scenes,
+        "train_single_hop": train_single_hop,
         "train_easy_vqa": train_easy_vqa,
         "distill_steps": steps,
         "dtype": dtype,

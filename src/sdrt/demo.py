@@ -1,8 +1,9 @@
 """``sdrt demo``: the whole method end to end on the embedded model, no labels used for training.
 
-1. traces: K dual-query prompts on training questions of the multi-hop scenes (and a few
-   easy-vqa ones, so that single shapes stay answered as before);
-2. distill: an SDRT adapter trained on those traces (pseudo-labels, no references);
+1. traces: K dual-query prompts on training questions of the multi-hop scenes, and on a few
+   single-hop scene and easy-vqa ones;
+2. distill: an SDRT adapter trained on the multi-hop traces (pseudo-labels, no references),
+   the others retained (the model's own direct answers, so the guards stay as they were);
 3. evaluate, on held-out questions: the multi-hop scenes with direct answers, the K-prompt
    ensemble and the adapter (the reasoning gap and what the adapter keeps of it), and the
    guards, single-hop scenes and easy-vqa, with direct answers and the adapter (what it must
@@ -39,7 +40,8 @@ from sdrt.progress import console
 from sdrt.traces.job import run_trace_job
 from sdrt.training.core import fingerprint_mismatch
 
-TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop")
+TRAIN_SOURCES = ("easy-vqa", "scenes:multi-hop", "scenes:single-hop")
+DISTILLED = "scenes:multi-hop"  # the others are retained: trained on the model's own direct answers
 REASONING = ("scenes",)  # scored with every mode
 GUARDS = ("scenes-single-hop", "easy-vqa")  # scored with direct answers and the adapter
 EVAL_MODES = ("direct", "ensemble", "adapter")
@@ -57,7 +59,8 @@ class DemoPlan:
     k: int = 3
     analysis_tokens: int = 128  # a whole scene's description or count list fits
     train_easy_vqa: int = 64
-    train_scenes: int = 64
+    train_scenes: int = 64  # multi-hop: the questions whose reasoning is distilled
+    train_single_hop: int = 64
     eval_examples: int = 60  # held-out multi-hop scene questions
     guard_examples: int = 60  # held-out questions of each guard benchmark
     distill_steps: int = 60
@@ -75,7 +78,9 @@ class DemoPlan:
 
 
 def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
-    sizes = dict(zip(TRAIN_SOURCES, (plan.train_easy_vqa, plan.train_scenes), strict=True))
+    sizes = dict(
+        zip(TRAIN_SOURCES, (plan.train_easy_vqa, plan.train_scenes, plan.train_single_hop), strict=True)
+    )
     return {
         name: TraceConfig(
             model=plan.model,
@@ -94,7 +99,8 @@ def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
 def distill_config(plan: DemoPlan) -> DistillConfig:
     return DistillConfig(
         model=plan.model,
-        traces=list(plan.trace_dirs.values()),
+        traces=[plan.trace_dirs[DISTILLED]],
+        retain=[folder for source, folder in plan.trace_dirs.items() if source != DISTILLED],
         out=plan.work_dir / "adapter",
         steps=plan.distill_steps,
         batch_size=plan.batch_size,
@@ -224,8 +230,10 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     results = run_eval(plan, model)
     notes = [
         f"model: {plan.model} ({plan.dtype}); K = {plan.k} prompts ({', '.join(plan.prompts[: plan.k])}); "
-        f"traces on {plan.train_scenes} multi-hop scene and {plan.train_easy_vqa} easy-vqa training "
-        f"questions (no labels used); {plan.distill_steps} distillation steps",
+        f"traces on {plan.train_scenes} multi-hop scene training questions, distilled, and on "
+        f"{plan.train_single_hop} single-hop scene and {plan.train_easy_vqa} easy-vqa ones, retained "
+        f"(trained on the model's own direct answers); no labels used; {plan.distill_steps} "
+        "distillation steps",
         f"held out: {plan.eval_examples} multi-hop scene questions (test scenes) scored with every "
         f"mode; the guards, {plan.guard_examples} single-hop scene and easy-vqa questions, with "
         "direct answers and the adapter",
