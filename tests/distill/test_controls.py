@@ -157,3 +157,16 @@ def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_
     assert set(relabelled) == retained_ids  # the ensemble's examples keep their pseudo-labels
     assert retained_ids.isdisjoint(ex.record.id for ex in load_distill_examples(trace_dir))
     assert {"hidden", "ce"} <= set(result.history[0].terms)  # still SDRT's objective
+
+    # retained examples are teacher-forced on their direct answers: another retained folder
+    # (here the same questions traced again, one more of them) never reads this cache
+    from sdrt.distill.trainer import DistillTrainer
+    from sdrt.prompts.library import PromptLibrary
+
+    examples = load_distill_examples(trace_dir, library=PromptLibrary.builtin())
+    other = make_traces(tmp_path / "retain-2", source="scenes:single-hop", limit=5)
+    fingerprints = {
+        DistillTrainer(cfg.model_copy(update={"retain": [folder]}), own_model, examples)._cache_fingerprint()
+        for folder in (retain, other)
+    }
+    assert len(fingerprints) == 2

@@ -218,7 +218,11 @@ class DistillTrainer:
 
     def _cache_fingerprint(self) -> str:
         """What teacher targets depend on: a cache made for anything else is never read."""
-        manifests = [TraceStore(folder).manifest() for folder in self.config.traces]
+        # retained folders' examples are teacher-forced on direct answers, not on pseudo-labels
+        manifests = {
+            role: [TraceStore(folder).manifest() for folder in folders]
+            for role, folders in (("traces", self.config.traces), ("retain", self.config.retain))
+        }
         traces = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()[:16]
         # the labels setting chooses the pseudo-labels the teachers are teacher-forced on
         parts = (self.model.config_hash, self.layers, self.library_hash, self.config.top_k, traces)
