@@ -13,9 +13,9 @@
 #    LoRA-SFT on the same pseudo-labels, and the adapter trained on the model's own direct answers.
 #    The multi-hop traces are distilled; the easy-vqa and single-hop ones are retained (trained on
 #    the model's own direct answers, `--retain`), so that the guards stay as they were;
-# 3. evaluation: direct, the ensemble of those prompts and every adapter on the same N_EVAL questions of
-#    SPLIT, with paired intervals against direct (SPLIT-results-*.json in each folder); easy-vqa
-#    (test split only) joins in the test pass.
+# 3. evaluation: direct, the ensemble of those prompts and every adapter on the same N_EVAL
+#    questions of SPLIT, with paired intervals against direct (SPLIT-results-*.json in each
+#    folder); easy-vqa (test split only) joins in the test pass.
 # Every stage runs the embedded model in bfloat16 (the configs' dtype, --dtype here), the same
 # precision for direct answers, the ensemble and every adapter.
 # A killed run picks up where it stopped: traces and distillation resume, finished evaluations

@@ -99,11 +99,11 @@ def main(work: Path, split: str) -> None:
     }
     per_prompt, best_prompt_lines = prompt_rows(base)
     table.update(per_prompt)
-    by_type = {}
+    variant_results = {}
     for folder in sorted(p for p in work.iterdir() if list(p.glob(f"{split}-results-*.json"))):
         results = load_all(list(folder.glob(f"{split}-results-*.json")))
         table[folder.name] = rows_of(results, folder.name, "adapter")
-        by_type[folder.name] = results
+        variant_results[folder.name] = results
     benchmarks = sorted({b for rows in table.values() for b in rows})
     ensemble_gain = {
         b: table[ENSEMBLE][b][2] - table["direct"][b][2]
@@ -138,7 +138,7 @@ def main(work: Path, split: str) -> None:
         for line in best_prompt_lines:
             if line.startswith(f"{benchmark}:"):
                 print(f"\n{line}")
-        print_changes_by_type(by_type, benchmark)
+        print_changes_by_type(variant_results, benchmark)
 
 
 def print_changes_by_type(results_of: dict[str, EvalResults], benchmark: str) -> None:

@@ -72,7 +72,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     assert "0 new, 4 already on disk" in output.out + output.err
 
     # a changed plan redoes what it changes: the scene traces (new size), distillation (new
-    # steps, new traces) and evaluation (new adapter); the easy-vqa traces are reused
+    # steps, new traces) and evaluation (new adapter); the easy-vqa and single-hop traces are reused
     run_demo(dataclasses.replace(plan, distill_steps=3, train_scenes=5))
     text = "".join(capsys.readouterr())
     assert "traces: 0 new, 4 already on disk" in text and "traces: 0 new, 3 already on disk" in text
@@ -85,7 +85,8 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
 
 def test_the_demo_traces_the_prompts_the_study_chose():
     """One choice of scene prompts (made on validation scenes): the demo and the study agree."""
-    config = Path(__file__).parents[1] / "configs" / "study" / "traces-scenes.yaml"
-    study = yaml.safe_load(config.read_text())
-    assert tuple(study["prompts"]) == SCENE_PROMPTS and study["k"] == len(SCENE_PROMPTS)
+    folder = Path(__file__).parents[1] / "configs" / "study"
+    for source in ("scenes", "easy-vqa", "single-hop"):  # every traces config of the study
+        study = yaml.safe_load((folder / f"traces-{source}.yaml").read_text())
+        assert tuple(study["prompts"]) == SCENE_PROMPTS and study["k"] == len(SCENE_PROMPTS), source
     assert DemoPlan().prompts == SCENE_PROMPTS
