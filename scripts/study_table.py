@@ -8,7 +8,9 @@ benchmark. Per benchmark: the score with its 95% interval, the paired difference
 with its interval, and the share of answers that differ from direct; for the multi-hop scenes
 also the share of the ensemble's gain the variant keeps. Each prompt's own step-2 answers
 inside the ensemble are rows of their own (``dual:<id>``), and the ensemble is compared, paired,
-with the best of them (a prompt chosen on the same questions, so a generous baseline).
+with the best of them (a prompt chosen on the same questions, so a generous baseline). Every
+other variant (a control or an ablation) is also compared, paired, with the full adapter
+(the ``sdrt`` folder), which is what crediting one of SDRT's parts needs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sdrt.evaluation.evaluate import (
 )
 
 ENSEMBLE = "ensemble (the teacher's labels)"
+FULL_ADAPTER = "sdrt"  # the folder of the study's SDRT adapter (scripts/study.sh)
 
 
 def rows_of(results: EvalResults, name: str, mode: str) -> dict[str, tuple]:
@@ -138,7 +141,29 @@ def main(work: Path, split: str) -> None:
         for line in best_prompt_lines:
             if line.startswith(f"{benchmark}:"):
                 print(f"\n{line}")
+        for line in against_full_adapter(variant_results, benchmark):
+            print(f"\n{line}")
         print_changes_by_type(variant_results, benchmark)
+
+
+def against_full_adapter(results_of: dict[str, EvalResults], benchmark: str) -> list[str]:
+    """One line per other variant: its answers − the full adapter's, paired on the same questions."""
+    full = results_of.get(FULL_ADAPTER)
+    if full is None:
+        return []
+    reference = [i for i in full.items if i.benchmark == benchmark and i.mode == "adapter"]
+    lines = []
+    for name, results in results_of.items():
+        items = [i for i in results.items if i.benchmark == benchmark and i.mode == "adapter"]
+        if name == FULL_ADAPTER or not items or not reference:
+            continue
+        c = compare(benchmark, "adapter", FULL_ADAPTER, items, reference)
+        lines.append(
+            f"{benchmark}: {name} − {FULL_ADAPTER} = {c.difference:+.3f} "
+            f"({c.ci_low:+.3f} … {c.ci_high:+.3f}, paired, n = {c.n}; "
+            f"{100 * c.changed:.0f}% of answers differ)"
+        )
+    return lines
 
 
 def print_changes_by_type(results_of: dict[str, EvalResults], benchmark: str) -> None:

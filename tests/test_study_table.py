@@ -116,3 +116,19 @@ def test_the_answers_a_variant_changes_are_shown_per_question_type(tmp_path, cap
     out = capsys.readouterr().out
     assert "| sdrt | count | 2 | 0.000 | 0.500 | 50% |" in out
     assert "| sdrt | colour | 2 | 0.000 | 0.000 | 0% |" in out
+
+
+def test_a_control_is_compared_paired_with_the_full_adapter(tmp_path, capsys, monkeypatch):
+    EvalResults(summaries=[summary("scenes", "direct", 0.5)]).save(tmp_path / "validation-base-scenes.json")
+    # Four questions, reference "yes": the adapter is right on 1 and 2, the control on 0, 1 and 2.
+    for name, answers in (("sdrt", ["no", "yes", "yes", "no"]), ("lora-sft", ["yes", "yes", "yes", "no"])):
+        (tmp_path / name).mkdir()
+        adapter = [item("adapter", r, p, "yes") for r, p in enumerate(answers)]
+        EvalResults(items=[item("direct", r, "no", "yes") for r in range(4)] + adapter).save(
+            tmp_path / name / "validation-results-scenes.json"
+        )
+    monkeypatch.setattr(sys, "argv", ["study_table.py", str(tmp_path), "validation"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "scenes: lora-sft − sdrt = +0.250 (" in out and "n = 4; 25% of answers differ)" in out
+    assert "sdrt − sdrt" not in out
