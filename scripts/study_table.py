@@ -148,14 +148,17 @@ def main(work: Path, split: str) -> None:
 
 def against_full_adapter(results_of: dict[str, EvalResults], benchmark: str) -> list[str]:
     """One line per other variant: its answers − the full adapter's, paired on the same questions."""
-    full = results_of.get(FULL_ADAPTER)
-    if full is None:
+
+    def adapter_items(results: EvalResults) -> list[ItemResult]:
+        return [i for i in results.items if i.benchmark == benchmark and i.mode == "adapter"]
+
+    reference = adapter_items(results_of[FULL_ADAPTER]) if FULL_ADAPTER in results_of else []
+    if not reference:
         return []
-    reference = [i for i in full.items if i.benchmark == benchmark and i.mode == "adapter"]
     lines = []
     for name, results in results_of.items():
-        items = [i for i in results.items if i.benchmark == benchmark and i.mode == "adapter"]
-        if name == FULL_ADAPTER or not items or not reference:
+        items = adapter_items(results)
+        if name == FULL_ADAPTER or not items:
             continue
         c = compare(benchmark, "adapter", FULL_ADAPTER, items, reference)
         lines.append(
