@@ -22,6 +22,7 @@ def main(trace_dir: str, out: str) -> None:
         lr=1e-2,
         seed=0,
         loss={"hidden": 1.0, "ce": 1.0, "kl": 0.5},
+        cache_teacher=True,  # each rank fills its share of the cache, then reads the others'
     )
     captured = {}
     original = DistillTrainer.__init__

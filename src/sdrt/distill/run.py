@@ -32,6 +32,7 @@ def distill_with_progress(
             model,
             on_step=lambda e: advance(1, loss=e.loss, lr=e.lr, **e.terms),
             on_start=advance,
+            on_teachers=lambda done, total: advance(0, teachers=f"{done}/{total} rows"),
             restart=restart,
         )
     console.print(parameter_report(model, result.trainable_parameters))

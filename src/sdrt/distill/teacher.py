@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sdrt.distill.data import DistillExample
-from sdrt.models.base import EncodedImage, ScoreOutput, VisionLanguageModel, gather_positions
+from sdrt.models.base import EncodedImage, Prompt, ScoreOutput, VisionLanguageModel, gather_positions
 from sdrt.prompts.library import PromptLibrary
 
 
@@ -51,37 +51,124 @@ def compute_teacher_targets(
 
     Each example's prompts come from its own library; ``library`` serves examples without one.
     """
-    rows = [(b, i) for b, ex in enumerate(examples) for i in range(len(ex.prompt_ids))]
-    prompts = [
-        examples[b]
-        .prompt(i, library)
-        .step2(examples[b].record.question, examples[b].analyses[i], examples[b].record.choices)
-        for b, i in rows
-    ]
-    with torch.no_grad():
-        out = model.score(
-            [images[b] for b, _ in rows], prompts, [examples[b].pseudo_label for b, _ in rows], layers=layers
-        )
-    span = aligned_span(out)
-    hidden = {layer: gather_positions(out.hidden_states[layer], span) for layer in layers}  # (BK, S, d)
-    logp = torch.log_softmax(out.answer_logits.float(), dim=-1)
-    top_logp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)  # (BK, A, k)
-
+    rows = [(ex, i) for ex in examples for i in range(len(ex.prompt_ids))]
+    row_images = [images[b] for b, ex in enumerate(examples) for _ in ex.prompt_ids]
+    per_row = score_teacher_rows(model, rows, row_images, library, layers, top_k)
     targets, start = [], 0
     for ex in examples:
-        k = len(ex.prompt_ids)
-        n_span = int(span[start].sum())
-        n_answer = int(out.answer_token_mask[start].sum())
-        sl = slice(start, start + k)
+        targets.append(stack_rows(per_row[start : start + len(ex.prompt_ids)]))
+        start += len(ex.prompt_ids)
+    return targets
+
+
+def score_teacher_rows(
+    model: VisionLanguageModel,
+    rows: Sequence[tuple[DistillExample, int]],
+    images: Sequence[EncodedImage],
+    library: PromptLibrary | None,
+    layers: Sequence[int],
+    top_k: int = 32,
+) -> list[TeacherTargets]:
+    """One batched forward over (example, prompt index) rows: each row's targets, K = 1, unpadded."""
+    prompts = [teacher_prompt(ex, i, library) for ex, i in rows]
+    with torch.no_grad():
+        out = model.score(images, prompts, [ex.pseudo_label for ex, _ in rows], layers=layers)
+    span = aligned_span(out)
+    hidden = {layer: gather_positions(out.hidden_states[layer], span) for layer in layers}  # (R, S, d)
+    logp = torch.log_softmax(out.answer_logits.float(), dim=-1)
+    top_logp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)  # (R, A, k)
+    targets = []
+    for r in range(len(rows)):
+        n_span, n_answer = int(span[r].sum()), int(out.answer_token_mask[r].sum())
         targets.append(
             TeacherTargets(
-                hidden={layer: h[sl, :n_span].float().cpu() for layer, h in hidden.items()},
-                topk_logprobs=top_logp[sl, :n_answer].cpu(),
-                topk_ids=top_ids[sl, :n_answer].cpu(),
+                hidden={layer: h[r : r + 1, :n_span].float().cpu() for layer, h in hidden.items()},
+                topk_logprobs=top_logp[r : r + 1, :n_answer].cpu(),
+                topk_ids=top_ids[r : r + 1, :n_answer].cpu(),
             )
         )
-        start += k
     return targets
+
+
+def teacher_prompt(example: DistillExample, i: int, library: PromptLibrary | None) -> Prompt:
+    """Teacher ``i``'s step-2 conversation: the question, prompt ``i``'s analysis, the answer request."""
+    record = example.record
+    return example.prompt(i, library).step2(record.question, example.analyses[i], record.choices)
+
+
+def stack_rows(rows: Sequence[TeacherTargets]) -> TeacherTargets:
+    """An example's K single-row targets as one (K, ...) target.
+
+    The rows share the aligned span's length: the same answer tokens after the same header.
+    """
+    return TeacherTargets(
+        hidden={layer: torch.cat([row.hidden[layer] for row in rows]) for layer in rows[0].hidden},
+        topk_logprobs=torch.cat([row.topk_logprobs for row in rows]),
+        topk_ids=torch.cat([row.topk_ids for row in rows]),
+    )
+
+
+def fill_teacher_cache(
+    model: VisionLanguageModel,
+    cache: TeacherCache,
+    examples: Sequence[DistillExample],
+    library: PromptLibrary | None,
+    layers: Sequence[int],
+    top_k: int,
+    rows_per_batch: int,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> int:
+    """Compute the targets of every example ``cache`` lacks; returns how many were computed.
+
+    Rows (example, prompt) are batched by the length of their step-2 conversation, longest first,
+    rather than by training batch: an example's K analyses differ in length (a count by
+    attribute runs long, a relation short), and a training batch pads all of its B·K rows to the
+    longest. Each batch's finished examples are written as one shard, so a killed fill keeps
+    them. ``on_batch(rows_done, rows_total)`` reports progress. Call with the adapter detached.
+    """
+    missing = list({ex.record.id: ex for ex in examples if ex.record.id not in cache}.values())
+    lengths = {
+        (ex.record.id, i): len(model.render_prompt(teacher_prompt(ex, i, library)))
+        for ex in missing
+        for i in range(len(ex.prompt_ids))
+    }
+    rows = sorted(
+        ((ex, i) for ex in missing for i in range(len(ex.prompt_ids))),
+        key=lambda row: -lengths[row[0].record.id, row[1]],
+    )  # a stable sort: ties keep the examples' order
+    pending: dict[str, dict[int, TeacherTargets]] = {}  # example id -> prompt index -> its row
+    for start in range(0, len(rows), rows_per_batch):
+        batch = rows[start : start + rows_per_batch]
+        scored = score_teacher_rows(model, batch, _row_images(model, batch), library, layers, top_k)
+        finished = _completed_examples(pending, batch, scored)
+        if finished:
+            cache.put(list(finished), list(finished.values()))
+        if on_batch:
+            on_batch(start + len(batch), len(rows))
+    return len(missing)
+
+
+def _row_images(model: VisionLanguageModel, rows: Sequence[tuple[DistillExample, int]]) -> list[EncodedImage]:
+    """Each row's image, every example's encoded once however many of its rows the batch holds."""
+    distinct = list({ex.record.id: ex for ex, _ in rows}.values())
+    encoded = model.encode_images([ex.record.load_image() for ex in distinct])
+    by_id = {ex.record.id: image for ex, image in zip(distinct, encoded, strict=True)}
+    return [by_id[ex.record.id] for ex, _ in rows]
+
+
+def _completed_examples(
+    pending: dict[str, dict[int, TeacherTargets]],
+    rows: Sequence[tuple[DistillExample, int]],
+    scored: Sequence[TeacherTargets],
+) -> dict[str, TeacherTargets]:
+    """Add ``scored`` rows to ``pending``; take out and stack the examples whose K rows are all in."""
+    finished = {}
+    for (ex, i), target in zip(rows, scored, strict=True):
+        pending.setdefault(ex.record.id, {})[i] = target
+        if len(pending[ex.record.id]) == len(ex.prompt_ids):
+            done = pending.pop(ex.record.id)
+            finished[ex.record.id] = stack_rows([done[k] for k in range(len(ex.prompt_ids))])
+    return finished
 
 
 class TeacherCache:
@@ -96,13 +183,17 @@ class TeacherCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint  # model hash + layers + traces: a stale cache is never read
         self._index: dict[str, tuple[Path, int]] = {}
+        self._loaded: dict[Path, dict[str, torch.Tensor]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Index the shards on disk, those other processes wrote included."""
         for shard in sorted(self.root.glob("teacher-*.safetensors")):
             meta = _metadata(shard)
-            if meta.get("fingerprint") != fingerprint:
+            if meta.get("fingerprint") != self.fingerprint:
                 continue
             for i, example_id in enumerate(json.loads(meta["example_ids"])):
-                self._index[example_id] = (shard, i)
-        self._loaded: dict[Path, dict[str, torch.Tensor]] = {}
+                self._index.setdefault(example_id, (shard, i))
 
     def __contains__(self, example_id: str) -> bool:
         return example_id in self._index

@@ -35,7 +35,13 @@ from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
 from sdrt.distill.prefix import FrozenPrefixCache
-from sdrt.distill.teacher import TeacherCache, TeacherTargets, aligned_span, compute_teacher_targets
+from sdrt.distill.teacher import (
+    TeacherCache,
+    TeacherTargets,
+    aligned_span,
+    compute_teacher_targets,
+    fill_teacher_cache,
+)
 from sdrt.models.base import ScoreOutput, VisionLanguageModel, gather_positions
 from sdrt.prompts.library import PromptLibrary, direct_prompt
 from sdrt.traces.store import TraceStore
@@ -230,6 +236,33 @@ class DistillTrainer:
             parts = (*parts, self.config.labels)
         return ":".join(str(part) for part in parts)
 
+    def fill_teacher_cache(self, on_batch: Callable[[int, int], None] | None = None) -> int:
+        """Cache every example's teacher targets before the first step; returns how many were computed.
+
+        Rows of similar length are batched together (``fill_teacher_cache``), which pads far
+        less than computing them batch by batch in the first epoch. Each process fills its
+        strided share, then every process indexes what all of them wrote.
+        """
+        if self.cache is None or not self.reads_teachers:
+            return 0
+        rank, size = world()
+        rows_per_batch = self.config.batch_size * len(self.examples[0].prompt_ids)
+        with self.adapter.detached(self.model):
+            computed = fill_teacher_cache(
+                self.model,
+                self.cache,
+                self.examples[rank::size],
+                self.library,
+                self.layers,
+                self.config.top_k,
+                rows_per_batch,
+                on_batch,
+            )
+        if size > 1:
+            torch.distributed.barrier()
+            self.cache.refresh()
+        return computed
+
     # --- one step ------------------------------------------------------------------------------
 
     def teacher_targets(self, batch: list[DistillExample], images) -> list[TeacherTargets]:
@@ -419,13 +452,16 @@ def run_distillation(
     model: VisionLanguageModel | None = None,
     on_step: Callable[[StepLog], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    on_teachers: Callable[[int, int], None] | None = None,
     *,
     restart: bool = False,
 ) -> DistillResult:
     """Train, checkpoint, and save the adapter folder.
 
     Resumes from ``out/checkpoints`` when they were written with the same settings (any other
-    checkpoint is refused); ``restart`` discards them and trains from step 0.
+    checkpoint is refused); ``restart`` discards them and trains from step 0. With a teacher
+    cache, the targets are all computed before the first step (``on_teachers(rows_done,
+    rows_total)`` reports it).
     """
     from sdrt.models import load_model
 
@@ -445,6 +481,10 @@ def run_distillation(
     resumed = 0 if restart else trainer.resume()
     if on_start and resumed:
         on_start(resumed)
+    if trainer.step < config.steps:
+        computed = trainer.fill_teacher_cache(on_teachers)
+        if computed:
+            log.info("teacher targets of %d examples computed and cached", computed)
     with trainer.adapter.attached(model):
         while trainer.step < config.steps:
             entry = trainer.train_step()
