@@ -64,20 +64,26 @@ def test_rows_are_batched_longest_first(tiny_model, examples, tmp_path, monkeypa
     assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
 
 
-def test_a_killed_fill_keeps_its_finished_examples_and_resumes(tiny_model, examples, tmp_path):
-    # 2 prompts per example: a first batch of 12 of the 16 rows holds every row of at least 4 examples
+def test_a_killed_fill_keeps_its_finished_groups_and_resumes(tiny_model, examples, tmp_path):
+    # K = 2 rows per example, 3 rows a batch, 2 batches a group: groups of 3 examples
     class Killed(Exception):
         pass
 
-    def kill(done, total):
-        raise Killed
+    def kill_in_the_second_group(done, total):
+        if done > 6:
+            raise Killed
 
+    layers = layers_of(tiny_model)
     with pytest.raises(Killed):
-        fill(tiny_model, TeacherCache(tmp_path, "fp"), examples, rows_per_batch=12, on_batch=kill)
+        fill_teacher_cache(
+            tiny_model, TeacherCache(tmp_path, "fp"), examples, None, layers, 8, 3,
+            kill_in_the_second_group, batches_per_group=2,
+        )  # fmt: skip
     kept = cached_ids(tmp_path)
-    assert len(kept) >= 4 and len(examples[0].prompt_ids) == 2
+    assert len(examples[0].prompt_ids) == 2 and {ex.record.id for ex in examples[:3]} <= kept
+    assert len(kept) < len(examples)
     resumed = TeacherCache(tmp_path, "fp")
-    assert fill(tiny_model, resumed, examples, rows_per_batch=12) == len(examples) - len(kept)
+    assert fill(tiny_model, resumed, examples) == len(examples) - len(kept)
     assert cached_ids(tmp_path) == {ex.record.id for ex in examples}
     assert fill(tiny_model, TeacherCache(tmp_path, "fp"), examples) == 0  # nothing left to compute
     assert fill(tiny_model, TeacherCache(tmp_path, "other model"), examples) == len(examples)

@@ -117,35 +117,50 @@ def fill_teacher_cache(
     top_k: int,
     rows_per_batch: int,
     on_batch: Callable[[int, int], None] | None = None,
+    batches_per_group: int = 16,
 ) -> int:
     """Compute the targets of every example ``cache`` lacks; returns how many were computed.
 
     Rows (example, prompt) are batched by the length of their step-2 conversation, longest first,
     rather than by training batch: an example's K analyses differ in length (a count by
     attribute runs long, a relation short), and a training batch pads all of its B·K rows to the
-    longest. Each batch's finished examples are written as one shard, so a killed fill keeps
-    them. ``on_batch(rows_done, rows_total)`` reports progress. Call with the adapter detached.
+    longest. Rows are sorted within groups of ``batches_per_group`` batches' worth of examples,
+    and a group's examples are all written by its end (each batch's finished ones as one shard),
+    so a killed fill loses at most one group. ``on_batch(rows_done, rows_total)`` reports
+    progress. Call with the adapter detached.
     """
     missing = list({ex.record.id: ex for ex in examples if ex.record.id not in cache}.values())
-    lengths = {
-        (ex.record.id, i): len(model.render_prompt(teacher_prompt(ex, i, library)))
-        for ex in missing
-        for i in range(len(ex.prompt_ids))
-    }
-    rows = sorted(
-        ((ex, i) for ex in missing for i in range(len(ex.prompt_ids))),
-        key=lambda row: -lengths[row[0].record.id, row[1]],
-    )  # a stable sort: ties keep the examples' order
-    pending: dict[str, dict[int, TeacherTargets]] = {}  # example id -> prompt index -> its row
-    for start in range(0, len(rows), rows_per_batch):
-        batch = rows[start : start + rows_per_batch]
-        scored = score_teacher_rows(model, batch, _row_images(model, batch), library, layers, top_k)
-        finished = _completed_examples(pending, batch, scored)
-        if finished:
-            cache.put(list(finished), list(finished.values()))
-        if on_batch:
-            on_batch(start + len(batch), len(rows))
+    if not missing:
+        return 0
+    k = len(missing[0].prompt_ids)
+    group = max(1, batches_per_group * rows_per_batch // k)  # examples
+    done, total = 0, k * len(missing)
+    for first in range(0, len(missing), group):
+        rows = _longest_first(model, missing[first : first + group], library)
+        pending: dict[str, dict[int, TeacherTargets]] = {}  # example id -> prompt index -> its row
+        for start in range(0, len(rows), rows_per_batch):
+            batch = rows[start : start + rows_per_batch]
+            scored = score_teacher_rows(model, batch, _row_images(model, batch), library, layers, top_k)
+            finished = _completed_examples(pending, batch, scored)
+            if finished:
+                cache.put(list(finished), list(finished.values()))
+            done += len(batch)
+            if on_batch:
+                on_batch(done, total)
     return len(missing)
+
+
+def _longest_first(
+    model: VisionLanguageModel, examples: Sequence[DistillExample], library: PromptLibrary | None
+) -> list[tuple[DistillExample, int]]:
+    """Every (example, prompt index) row, by its rendered step-2 length, longest first.
+
+    Characters stand in for tokens: rendering needs no tokenizer call, and the order is what
+    matters. The sort is stable: ties keep the examples' order.
+    """
+    rows = [(ex, i) for ex in examples for i in range(len(ex.prompt_ids))]
+    lengths = [len(model.render_prompt(teacher_prompt(ex, i, library))) for ex, i in rows]
+    return [rows[j] for j in sorted(range(len(rows)), key=lambda j: -lengths[j])]
 
 
 def _row_images(model: VisionLanguageModel, rows: Sequence[tuple[DistillExample, int]]) -> list[EncodedImage]:
