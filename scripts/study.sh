@@ -5,6 +5,7 @@
 #   SPLIT=test bash scripts/study.sh      # the held-out report, once the settings are fixed
 #   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all but the sweep)
 #   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
+#   DISTILLED="scenes scenes-more" WORK=runs/study-6k bash scripts/study.sh   # 6,000 multi-hop traces
 #
 # 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions
 #    of training scenes of seed 1 (alignment drew its scenes from seed 0), 500 easy-vqa and 500
@@ -31,6 +32,17 @@ ALL_RUNS="sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablati
 # sweep-<name>; validation only, since it is what the study's settings are chosen from.
 SWEEP_RUNS=$(for f in configs/sweep/*.yaml; do [ -e "$f" ] && printf 'sweep-%s ' "$(basename "$f" .yaml)"; done)
 RUNS=${RUNS:-$ALL_RUNS}
+# The multi-hop trace sets distilled (configs/study/traces-<name>.yaml): "scenes" (2,000
+# questions), or "scenes scenes-more" (6,000). Another set changes every training's data, so it
+# needs its own WORK folder (a distillation resumed with other traces is refused).
+DISTILLED=${DISTILLED:-scenes}
+for source in $DISTILLED; do
+    case "$source" in
+        scenes*) [ -f "configs/study/traces-$source.yaml" ] && continue ;;
+    esac
+    echo "DISTILLED: no multi-hop trace config configs/study/traces-$source.yaml" >&2
+    exit 2
+done
 for run in $RUNS; do  # a misspelt name would silently train nothing
     case " $ALL_RUNS $SWEEP_RUNS " in
         *" $run "*) ;;
@@ -69,14 +81,16 @@ evaluate() {
     fi
 }
 
-SOURCES="scenes easy-vqa single-hop"
+SOURCES="$DISTILLED easy-vqa single-hop"
 for source in $SOURCES; do
     $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
 done
 for source in $SOURCES; do  # pseudo-labels against references: measured, never trained on
     $SDRT label-quality "$WORK/traces-$source" --out "$WORK/label-quality-$source.json"
 done
-traces=(--traces "$WORK/traces-scenes" --retain "$WORK/traces-easy-vqa" --retain "$WORK/traces-single-hop")
+traces=()
+for source in $DISTILLED; do traces+=(--traces "$WORK/traces-$source"); done
+traces+=(--retain "$WORK/traces-easy-vqa" --retain "$WORK/traces-single-hop")
 cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
 
 # The reasoning baseline: direct answers and the ensemble the adapter learns from.

@@ -73,3 +73,30 @@ def test_every_sweep_config_is_a_valid_overlay_that_changes_the_study_adapter():
     for sweep in sweeps:
         changed = load_config(DistillConfig, [base, sweep])
         assert changed != load_config(DistillConfig, base), sweep.name
+
+
+def test_more_multi_hop_traces_are_distilled_beside_the_first_set(tmp_path):
+    import pytest
+
+    calls = run_study(tmp_path, RUNS="sdrt", DISTILLED="scenes scenes-more")
+    made = [call[call.index("--config") + 1] for call in calls if call[0] == "traces"]
+    sets = ("scenes", "scenes-more", "easy-vqa", "single-hop")
+    assert made == [f"configs/study/traces-{s}.yaml" for s in sets]
+    assert all((Path(__file__).parents[1] / config).is_file() for config in made)
+    (distill,) = [call for call in calls if call[0] == "distill"]
+    traced = [distill[i + 1].rsplit("/", 1)[1] for i, flag in enumerate(distill) if flag == "--traces"]
+    assert traced == ["traces-scenes", "traces-scenes-more"]
+    with pytest.raises(subprocess.CalledProcessError):  # a retained set is not distilled
+        run_study(tmp_path, DISTILLED="scenes single-hop")
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(calls)  # nothing more ran
+
+
+def test_the_extra_multi_hop_traces_share_no_scenes_with_the_first_set():
+    import yaml
+
+    root = Path(__file__).parents[1] / "configs" / "study"
+    first, more = (yaml.safe_load((root / f"traces-{s}.yaml").read_text()) for s in ("scenes", "scenes-more"))
+    assert first["data"]["seed"] != more["data"]["seed"] and more["data"]["seed"] != 0  # 0: alignment
+    assert {k: v for k, v in first.items() if k not in ("data", "out")} == {
+        k: v for k, v in more.items() if k not in ("data", "out")
+    }
