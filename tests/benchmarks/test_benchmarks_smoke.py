@@ -152,30 +152,15 @@ def test_the_profiler_times_the_path_traces_run_not_the_plain_one(tmp_path: Path
     assert stats.calls["decode step (1 token)"] > 0
 
 
-def test_the_teacher_fill_benchmark_compares_equal_targets(tmp_path: Path, monkeypatch) -> None:
+def test_the_teacher_fill_benchmark_compares_equal_targets(tmp_path: Path, tiny_model, make_traces) -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks import teacher_fill
-    from sdrt.config import TraceConfig
     from sdrt.distill.data import load_distill_examples
     from sdrt.distill.trainer import check_traces
-    from sdrt.models.tiny import load_tiny_model
-    from sdrt.traces.job import run_trace_job
 
-    monkeypatch.setenv("SDRT_CACHE", str(tmp_path / "cache"))
-    model = load_tiny_model("llava")
-    traces = tmp_path / "traces"
-    config = TraceConfig(
-        model="tiny:llava",
-        data={"source": "scenes", "split": "train", "limit": 6, "seed": 0},
-        k=2,
-        batch_size=3,
-        analysis_tokens=12,
-        answer_tokens=3,
-        out=traces,
-    )
-    run_trace_job(config, model)
-    examples = load_distill_examples(traces, library=check_traces(traces, model))
-    figure = teacher_fill.measure(model, examples, batch_size=2, repeats=2)
+    traces = make_traces(tmp_path / "traces", source="scenes", limit=6)
+    examples = load_distill_examples(traces, library=check_traces(traces, tiny_model))
+    figure = teacher_fill.measure(tiny_model, examples, batch_size=2, repeats=2)
     assert math.isfinite(figure.ratio) and figure.ratio > 0
     assert figure.details["examples"] == 6 and figure.details["rows per batch"] == 4
     assert figure.details["largest difference"] < 1e-4  # both sides computed the same targets

@@ -1,4 +1,4 @@
-"""A small trace folder made in-process by the tiny LLaVA backend, shared by the distillation tests."""
+"""Small trace folders made in-process by the tiny LLaVA backend (distillation and benchmark tests)."""
 
 from pathlib import Path
 
