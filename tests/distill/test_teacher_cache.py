@@ -9,7 +9,7 @@ from safetensors import safe_open
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.teacher import TeacherCache, compute_teacher_targets, fill_teacher_cache
-from sdrt.distill.trainer import check_traces, run_distillation
+from sdrt.distill.trainer import check_traces, global_batch_indices, run_distillation
 
 
 @pytest.fixture
@@ -89,9 +89,20 @@ def test_a_killed_fill_keeps_its_finished_groups_and_resumes(tiny_model, example
     assert fill(tiny_model, TeacherCache(tmp_path, "other model"), examples) == len(examples)
 
 
-def test_training_with_a_teacher_cache_fills_it_before_the_first_step(tiny_model, trace_dir, tmp_path):
+@pytest.mark.parametrize("steps", [1, 4])
+def test_training_fills_the_cache_with_what_its_steps_read_before_the_first(
+    tiny_model, trace_dir, tmp_path, steps
+):
     config = DistillConfig(
-        model="tiny:llava", traces=trace_dir, out=tmp_path, steps=1, batch_size=2, cache_teacher=True
+        model="tiny:llava", traces=trace_dir, out=tmp_path, steps=steps, batch_size=2, cache_teacher=True
     )
-    run_distillation(config, tiny_model)  # one step of 2 examples reads every example's targets
-    assert cached_ids(tmp_path / "teacher-cache") == {ex.record.id for ex in load_distill_examples(trace_dir)}
+    reported = []
+    run_distillation(config, tiny_model, on_teachers=lambda done, total: reported.append((done, total)))
+    read = {  # the examples of the run's batches (8 examples: one step reads 2, four steps all)
+        i for step in range(steps) for i in global_batch_indices(step, 0, config, 8)
+    }
+    examples = load_distill_examples(trace_dir)
+    assert len(examples) == 8 and len(read) == 2 * steps
+    assert cached_ids(tmp_path / "teacher-cache") == {examples[i].record.id for i in read}
+    k = len(examples[0].prompt_ids)
+    assert reported and reported[-1] == (k * len(read), k * len(read))  # all of them in the fill

@@ -237,11 +237,12 @@ class DistillTrainer:
         return ":".join(str(part) for part in parts)
 
     def fill_teacher_cache(self, on_batch: Callable[[int, int], None] | None = None) -> int:
-        """Cache every example's teacher targets before the first step; returns how many were computed.
+        """Cache the teacher targets of every example the remaining steps read, before the first.
 
         Rows of similar length are batched together (``fill_teacher_cache``), which pads far
-        less than computing them batch by batch in the first epoch. Each process fills its
-        strided share, then every process indexes what all of them wrote.
+        less than computing them batch by batch in the first epoch. Each process fills a strided
+        share, then every process indexes what all of them wrote. Returns how many this process
+        computed.
         """
         if self.cache is None or not self.reads_teachers:
             return 0
@@ -251,7 +252,7 @@ class DistillTrainer:
             computed = fill_teacher_cache(
                 self.model,
                 self.cache,
-                self.examples[rank::size],
+                self.examples_ahead()[rank::size],
                 self.library,
                 self.layers,
                 self.config.top_k,
@@ -262,6 +263,21 @@ class DistillTrainer:
             torch.distributed.barrier()
             self.cache.refresh()
         return computed
+
+    def examples_ahead(self) -> list[DistillExample]:
+        """The examples the steps from ``self.step`` to the last read, in the order first read.
+
+        A short run over a large trace folder reads only some of its examples; only those need
+        teacher targets.
+        """
+        c, n = self.config, len(self.examples)
+        ahead: dict[int, None] = {}
+        for step in range(self.step, c.steps):
+            for micro in range(c.grad_accum):
+                ahead.update(dict.fromkeys(global_batch_indices(step, micro, c, n)))
+            if len(ahead) == n:
+                break
+        return [self.examples[i] for i in ahead]
 
     # --- one step ------------------------------------------------------------------------------
 
