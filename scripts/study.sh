@@ -6,6 +6,7 @@
 #   RUNS="sdrt lora-sft" bash scripts/study.sh   # only these trainings (default: all but the sweep)
 #   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
 #   DISTILLED="scenes scenes-more" WORK=runs/study-6k bash scripts/study.sh   # 6,000 multi-hop traces
+#   RETAINED="easy-vqa single-hop single-hop-more" ...   # and 1,500 more single-hop ones
 #
 # 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions
 #    of training scenes of seed 1 (alignment drew its scenes from seed 0), 500 easy-vqa and 500
@@ -36,11 +37,23 @@ RUNS=${RUNS:-$ALL_RUNS}
 # questions), or "scenes scenes-more" (6,000). Another set changes every training's data, so it
 # needs its own WORK folder (a distillation resumed with other traces is refused).
 DISTILLED=${DISTILLED:-scenes}
+# The trace sets retained on the model's own direct answers (the guards' questions):
+# "easy-vqa single-hop", or with "single-hop-more" (1,500 more single-hop questions of the
+# scenes of traces-scenes-more.yaml).
+RETAINED=${RETAINED:-easy-vqa single-hop}
 for source in $DISTILLED; do
     case "$source" in
         scenes*) [ -f "configs/study/traces-$source.yaml" ] && continue ;;
     esac
     echo "DISTILLED: no multi-hop trace config configs/study/traces-$source.yaml" >&2
+    exit 2
+done
+for source in $RETAINED; do
+    case "$source" in
+        scenes*) ;;
+        *) [ -f "configs/study/traces-$source.yaml" ] && continue ;;
+    esac
+    echo "RETAINED: no guard trace config configs/study/traces-$source.yaml" >&2
     exit 2
 done
 for run in $RUNS; do  # a misspelt name would silently train nothing
@@ -81,7 +94,7 @@ evaluate() {
     fi
 }
 
-SOURCES="$DISTILLED easy-vqa single-hop"
+SOURCES="$DISTILLED $RETAINED"
 for source in $SOURCES; do
     $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
 done
@@ -90,7 +103,7 @@ for source in $SOURCES; do  # pseudo-labels against references: measured, never 
 done
 traces=()
 for source in $DISTILLED; do traces+=(--traces "$WORK/traces-$source"); done
-traces+=(--retain "$WORK/traces-easy-vqa" --retain "$WORK/traces-single-hop")
+for source in $RETAINED; do traces+=(--retain "$WORK/traces-$source"); done
 cache=(--cache-teacher --teacher-cache "$WORK/teacher-cache")
 
 # The reasoning baseline: direct answers and the ensemble the adapter learns from.

@@ -100,3 +100,18 @@ def test_the_extra_multi_hop_traces_share_no_scenes_with_the_first_set():
     assert {k: v for k, v in first.items() if k not in ("data", "out")} == {
         k: v for k, v in more.items() if k not in ("data", "out")
     }
+
+
+def test_more_guard_traces_are_retained_and_a_multi_hop_set_is_never_retained(tmp_path):
+    import pytest
+
+    retained = "easy-vqa single-hop single-hop-more"
+    calls = run_study(tmp_path, RUNS="sdrt", DISTILLED="scenes scenes-more", RETAINED=retained)
+    (distill,) = [call for call in calls if call[0] == "distill"]
+    kept = [distill[i + 1].rsplit("/", 1)[1] for i, flag in enumerate(distill) if flag == "--retain"]
+    assert kept == [f"traces-{s}" for s in retained.split()]
+    assert (Path(__file__).parents[1] / "configs/study/traces-single-hop-more.yaml").is_file()
+    for refused in ("easy-vqa scenes-more", "easy-vqa single-hop-typo"):
+        with pytest.raises(subprocess.CalledProcessError):
+            run_study(tmp_path, RETAINED=refused)
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(calls)  # nothing more ran
