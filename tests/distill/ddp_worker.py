@@ -43,6 +43,8 @@ def main(trace_dir: str, out: str) -> None:
             {k: v.contiguous() for k, v in captured["initial"].items()},
             str(Path(out) / "initial.safetensors"),
         )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 def test_two_processes_match_one_process(trace_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for procs, out in ((2, tmp_path / "ddp"), (1, tmp_path / "single")):
-        subprocess.run(
+        run = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -148,11 +148,12 @@ def test_two_processes_match_one_process(trace_dir, tmp_path):
                 str(trace_dir),
                 str(out),
             ],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=600,
             env=env,
         )
+        assert run.returncode == 0, f"{procs} process(es) failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     rank0, rank1 = (
         load_file(str(tmp_path / "ddp" / "rank0.safetensors")),
         load_file(str(tmp_path / "ddp" / "rank1.safetensors")),

@@ -513,5 +513,7 @@ def run_distillation(
         (config.out / "train_log.json").write_text(
             json.dumps([e.__dict__ for e in trainer.history], indent=1)
         )
+    if world()[1] > 1:  # every rank returns with the adapter written, and none leaves a peer mid-exchange
+        torch.distributed.barrier()
     n_trainable = sum(p.numel() for p in trainer.parameters)
     return DistillResult(config.out, trainer.history, n_trainable, resumed)
