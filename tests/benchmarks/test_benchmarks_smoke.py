@@ -164,4 +164,5 @@ def test_the_teacher_fill_benchmark_compares_equal_targets(tmp_path: Path, tiny_
     assert math.isfinite(figure.ratio) and figure.ratio > 0
     assert figure.details["examples"] == 6 and figure.details["rows per batch"] == 4
     assert figure.details["largest difference"] < 1e-4  # both sides computed the same targets
+    assert figure.details["largest relative difference"] < 1e-5
     assert figure.details["padding sorted"] <= figure.details["padding by training batch"]
