@@ -1,6 +1,7 @@
 """The study's results as Markdown: every variant beside direct and the ensemble, with paired intervals.
 
     python scripts/study_table.py runs/study validation
+    python scripts/study_table.py runs/study-6k test --with runs/study/sdrt --against study/sdrt
 
 Reads ``WORK/SPLIT-base-*.json`` (direct and ensemble) and
 ``WORK/<variant>/SPLIT-results-*.json`` (direct and adapter, the same questions), one file per
@@ -11,11 +12,15 @@ inside the ensemble are rows of their own (``dual:<id>``), and the ensemble is c
 with the best of them (a prompt chosen on the same questions, so a generous baseline). Every
 other variant (a control or an ablation) is also compared, paired, with the full adapter
 (the ``sdrt`` folder), which is what crediting one of SDRT's parts needs.
+
+``--with DIR`` adds a variant folder of another study on the same held-out questions (named
+``<its study>/<folder>``), e.g. the same training on fewer traces; ``--against NAME`` pairs every
+variant with that one instead of ``sdrt``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from sdrt.evaluation.benchmarks import get_benchmark
@@ -94,7 +99,7 @@ def load_all(paths: list[Path]) -> EvalResults:
     return merged
 
 
-def main(work: Path, split: str) -> None:
+def main(work: Path, split: str, others: list[Path], against: str = FULL_ADAPTER) -> None:
     base = load_all(list(work.glob(f"{split}-base-*.json")))
     table = {
         "direct": rows_of(base, "direct", "direct"),
@@ -102,11 +107,15 @@ def main(work: Path, split: str) -> None:
     }
     per_prompt, best_prompt_lines = prompt_rows(base)
     table.update(per_prompt)
+    folders = {p.name: p for p in sorted(work.iterdir()) if list(p.glob(f"{split}-results-*.json"))}
+    folders.update({f"{p.parent.name}/{p.name}": p for p in others})
     variant_results = {}
-    for folder in sorted(p for p in work.iterdir() if list(p.glob(f"{split}-results-*.json"))):
+    for name, folder in folders.items():
         results = load_all(list(folder.glob(f"{split}-results-*.json")))
-        table[folder.name] = rows_of(results, folder.name, "adapter")
-        variant_results[folder.name] = results
+        if not results.items and not results.summaries:
+            raise SystemExit(f"{folder}: no {split}-results-*.json")
+        table[name] = rows_of(results, name, "adapter")
+        variant_results[name] = results
     benchmarks = sorted({b for rows in table.values() for b in rows})
     ensemble_gain = {
         b: table[ENSEMBLE][b][2] - table["direct"][b][2]
@@ -141,28 +150,28 @@ def main(work: Path, split: str) -> None:
         for line in best_prompt_lines:
             if line.startswith(f"{benchmark}:"):
                 print(f"\n{line}")
-        for line in against_full_adapter(variant_results, benchmark):
+        for line in against_reference(variant_results, benchmark, against):
             print(f"\n{line}")
         print_changes_by_type(variant_results, benchmark)
 
 
-def against_full_adapter(results_of: dict[str, EvalResults], benchmark: str) -> list[str]:
-    """One line per other variant: its answers − the full adapter's, paired on the same questions."""
+def against_reference(results_of: dict[str, EvalResults], benchmark: str, reference_name: str) -> list[str]:
+    """One line per other variant: its answers − the reference variant's, paired on the same questions."""
 
     def adapter_items(results: EvalResults) -> list[ItemResult]:
         return [i for i in results.items if i.benchmark == benchmark and i.mode == "adapter"]
 
-    reference = adapter_items(results_of[FULL_ADAPTER]) if FULL_ADAPTER in results_of else []
+    reference = adapter_items(results_of[reference_name]) if reference_name in results_of else []
     if not reference:
         return []
     lines = []
     for name, results in results_of.items():
         items = adapter_items(results)
-        if name == FULL_ADAPTER or not items:
+        if name == reference_name or not items:
             continue
-        c = compare(benchmark, "adapter", FULL_ADAPTER, items, reference)
+        c = compare(benchmark, "adapter", reference_name, items, reference)
         lines.append(
-            f"{benchmark}: {name} − {FULL_ADAPTER} = {c.difference:+.3f} "
+            f"{benchmark}: {name} − {reference_name} = {c.difference:+.3f} "
             f"({c.ci_low:+.3f} … {c.ci_high:+.3f}, paired, n = {c.n}; "
             f"{100 * c.changed:.0f}% of answers differ)"
         )
@@ -186,7 +195,17 @@ def print_changes_by_type(results_of: dict[str, EvalResults], benchmark: str) ->
 
 
 if __name__ == "__main__":
-    main(
-        Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study"),
-        sys.argv[2] if len(sys.argv) > 2 else "validation",
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("work", type=Path, nargs="?", default=Path("runs/study"))
+    parser.add_argument("split", nargs="?", default="validation")
+    parser.add_argument(
+        "--with",
+        dest="others",
+        type=Path,
+        action="append",
+        default=[],
+        help="a variant folder of another study, on the same questions",
     )
+    parser.add_argument("--against", default=FULL_ADAPTER, help="the variant every other is paired with")
+    args = parser.parse_args()
+    main(args.work, args.split, args.others, args.against)

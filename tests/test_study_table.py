@@ -6,6 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 from sdrt.evaluation.evaluate import Comparison, EvalResults, ItemResult, ModeSummary, prompt_results
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "study_table.py"
@@ -132,3 +134,38 @@ def test_a_control_is_compared_paired_with_the_full_adapter(tmp_path, capsys, mo
     out = capsys.readouterr().out
     assert "scenes: lora-sft − sdrt = +0.250 (" in out and "n = 4; 25% of answers differ)" in out
     assert "sdrt − sdrt" not in out
+
+
+def test_a_variant_of_another_study_joins_the_table_and_can_be_the_reference(tmp_path, capsys, monkeypatch):
+    more, fewer = tmp_path / "study-6k", tmp_path / "study"
+    more.mkdir()
+    EvalResults(summaries=[summary("scenes", "direct", 0.5)]).save(more / "validation-base-scenes.json")
+    # Four questions, reference "yes": fewer traces' adapter right on 1, more traces' on 0, 1 and 2.
+    for folder, answers in (
+        (fewer / "sdrt", ["no", "yes", "no", "no"]),
+        (more / "lora-sft", ["yes", "yes", "yes", "no"]),
+    ):
+        folder.mkdir(parents=True)
+        adapter = [item("adapter", r, p, "yes") for r, p in enumerate(answers)]
+        EvalResults(items=[item("direct", r, "no", "yes") for r in range(4)] + adapter).save(
+            folder / "validation-results-scenes.json"
+        )
+    argv = [
+        "study_table.py",
+        str(more),
+        "validation",
+        "--with",
+        str(fewer / "sdrt"),
+        "--against",
+        "study/sdrt",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "scenes: lora-sft − study/sdrt = +0.500 (" in out and "50% of answers differ" in out
+
+    monkeypatch.setattr(
+        sys, "argv", ["study_table.py", str(more), "validation", "--with", str(tmp_path / "none")]
+    )
+    with pytest.raises(SystemExit, match="no validation-results"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
