@@ -88,9 +88,10 @@ def largest_difference(a: dict[str, TeacherTargets], b: dict[str, TeacherTargets
         pairs = [(h, b[key].hidden[layer]) for layer, h in target.hidden.items()]
         pairs.append((target.topk_logprobs, b[key].topk_logprobs))
         for mine, theirs in pairs:
-            gap = float((mine.float() - theirs.float()).abs().max())
+            mine = mine.float()
+            gap = float((mine - theirs.float()).abs().max())
             worst = max(worst, gap)
-            relative = max(relative, gap / max(float(mine.float().abs().max()), 1e-12))
+            relative = max(relative, gap / max(float(mine.abs().max()), 1e-12))
     return {"largest difference": worst, "largest relative difference": relative}
 
 

@@ -107,13 +107,15 @@ def main(work: Path, split: str, others: list[Path], against: str = FULL_ADAPTER
     }
     per_prompt, best_prompt_lines = prompt_rows(base)
     table.update(per_prompt)
-    folders = {p.name: p for p in sorted(work.iterdir()) if list(p.glob(f"{split}-results-*.json"))}
-    folders.update({f"{p.parent.name}/{p.name}": p for p in others})
+    pattern = f"{split}-results-*.json"
+    files = {p.name: paths for p in sorted(work.iterdir()) if (paths := list(p.glob(pattern)))}
+    for folder in others:
+        if not (paths := list(folder.glob(pattern))):
+            raise SystemExit(f"{folder}: no {pattern}")
+        files[f"{folder.parent.name}/{folder.name}"] = paths
     variant_results = {}
-    for name, folder in folders.items():
-        results = load_all(list(folder.glob(f"{split}-results-*.json")))
-        if not results.items and not results.summaries:
-            raise SystemExit(f"{folder}: no {split}-results-*.json")
+    for name, paths in files.items():
+        results = load_all(paths)
         table[name] = rows_of(results, name, "adapter")
         variant_results[name] = results
     benchmarks = sorted({b for rows in table.values() for b in rows})

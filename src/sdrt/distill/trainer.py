@@ -483,7 +483,7 @@ def run_distillation(
 
     torch.manual_seed(config.seed)
     init_distributed()
-    rank, _ = world()
+    rank, size = world()
     model = model or load_model(config.model, config.load_options)
     examples = traced_examples(config, config.traces, model, config.min_agreement)
     retained = traced_examples(config, config.retain, model, min_agreement=0.0)  # labels not voted
@@ -513,7 +513,7 @@ def run_distillation(
         (config.out / "train_log.json").write_text(
             json.dumps([e.__dict__ for e in trainer.history], indent=1)
         )
-    if world()[1] > 1:  # every rank returns with the adapter written, and none leaves a peer mid-exchange
+    if size > 1:  # every rank returns with the adapter written, and none leaves a peer mid-exchange
         torch.distributed.barrier()
     n_trainable = sum(p.numel() for p in trainer.parameters)
     return DistillResult(config.out, trainer.history, n_trainable, resumed)
