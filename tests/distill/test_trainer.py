@@ -12,7 +12,7 @@ from sdrt.adapters.config import default_layers
 from sdrt.adapters.files import load_adapter
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
-from sdrt.distill.trainer import DistillError, run_distillation
+from sdrt.distill.trainer import DistillError, run_distillation, snapshot_folder
 from sdrt.prompts.library import PromptLibrary
 from sdrt.training.core import fingerprint_mismatch
 
@@ -97,6 +97,27 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_model, trace_dir, tmp_path
     assert [e.step for e in resumed.history] == list(range(1, 7))
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "resumed"))
     assert resumed.history[-1].loss == pytest.approx(straight.history[-1].loss, abs=1e-9)
+
+
+def test_snapshots_keep_the_adapter_of_each_step_they_name(tiny_model, trace_dir, tmp_path):
+    # A run killed in step 4 leaves its step-3 checkpoint: the snapshot of that step must hold
+    # the same weights, and the last snapshot the final adapter's.
+    class Killed(Exception):
+        pass
+
+    def kill_in_step_4(entry):
+        if entry.step == 4:
+            raise Killed
+
+    cfg = config(trace_dir, tmp_path, snapshot_every=3, cache_prefix=False)
+    with pytest.raises(Killed):
+        run_distillation(cfg, tiny_model, on_step=kill_in_step_4)
+    checkpoint = load_file(str(tmp_path / "checkpoints" / "step-0000003" / "trainable.safetensors"))
+    assert_same_weights(weights(snapshot_folder(tmp_path, 3)), checkpoint)
+    run_distillation(cfg, tiny_model)  # resumes; snapshot_every is not part of the fingerprint
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["step-0000003", "step-0000006"]
+    assert_same_weights(weights(snapshot_folder(tmp_path, 6)), weights(tmp_path))
+    load_adapter(snapshot_folder(tmp_path, 3), tiny_model)  # a snapshot is a whole adapter folder
 
 
 def test_cached_teacher_targets_train_like_online_ones(tiny_model, trace_dir, tmp_path):

@@ -71,6 +71,9 @@ class DistillConfig(LoadOptions):
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 0
     checkpoint_every: int = Field(default=20, ge=1)
+    # an adapter folder <out>/snapshots/step-NNNNNNN every this many steps, kept (unlike
+    # checkpoints), so that one run gives a learning curve: each snapshot loads with --adapter
+    snapshot_every: int | None = Field(default=None, ge=1)
     # the student's states under the lowest intervened layer, kept per example after its first
     # step (exact: the layers there are frozen), in at most this many GiB of host memory
     cache_prefix: bool = True

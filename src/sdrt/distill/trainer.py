@@ -411,6 +411,7 @@ def run_fingerprint(config: DistillConfig) -> dict:
         exclude={
             "out",
             "checkpoint_every",
+            "snapshot_every",
             "cache_teacher",
             "cache_prefix",
             "prefix_cache_gb",
@@ -463,6 +464,14 @@ def traced_examples(
     return examples
 
 
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_folder(out: Path, step: int) -> Path:
+    """Where the adapter as it was after ``step`` steps is kept (``snapshot_every``)."""
+    return out / SNAPSHOTS / f"step-{step:07d}"
+
+
 def run_distillation(
     config: DistillConfig,
     model: VisionLanguageModel | None = None,
@@ -508,6 +517,8 @@ def run_distillation(
                 on_step(entry)
             if rank == 0 and (trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps):
                 trainer.save_checkpoint()
+            if rank == 0 and config.snapshot_every and trainer.step % config.snapshot_every == 0:
+                save_adapter(trainer.adapter, snapshot_folder(config.out, trainer.step))
     if rank == 0:
         save_adapter(trainer.adapter, config.out)
         (config.out / "train_log.json").write_text(
