@@ -7,6 +7,8 @@
 #   RUNS="sdrt sweep-rank-8" bash scripts/study.sh   # sweep runs (configs/sweep/), validation only
 #   DISTILLED="scenes scenes-more" WORK=runs/study-6k bash scripts/study.sh   # 6,000 multi-hop traces
 #   RETAINED="easy-vqa single-hop single-hop-more" ...   # and 1,500 more single-hop ones
+#   OVERLAYS="configs/ablations/ce-only.yaml configs/curve/snapshots.yaml" ...   # added to every
+#       training's configs; an adapter kept every N steps (snapshot_every) is scored on SPLIT too
 #
 # 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions
 #    of training scenes of seed 1 (alignment drew its scenes from seed 0), 500 easy-vqa and 500
@@ -41,6 +43,14 @@ DISTILLED=${DISTILLED:-scenes}
 # "easy-vqa single-hop", or with "single-hop-more" (1,500 more single-hop questions of the
 # scenes of traces-scenes-more.yaml).
 RETAINED=${RETAINED:-easy-vqa single-hop}
+# Config files laid over every training's own (the last word), e.g. cross-entropy only, or
+# snapshots for a learning curve.
+OVERLAYS=${OVERLAYS:-}
+overlays=()
+for overlay in $OVERLAYS; do
+    [ -f "$overlay" ] || { echo "OVERLAYS: no config file $overlay" >&2; exit 2; }
+    overlays+=(--config "$overlay")
+done
 for source in $DISTILLED; do
     case "$source" in
         scenes*) [ -f "configs/study/traces-$source.yaml" ] && continue ;;
@@ -113,8 +123,14 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
     local name=$1 config=$2
     shift 2
     case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
-    $SDRT distill --config "$config" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS" "$@"
+    $SDRT distill --config "$config" "$@" "${overlays[@]}" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS"
     evaluate "$WORK/$name/$SPLIT-results" --mode direct --mode adapter --adapter "$WORK/$name"
+    local snapshot last
+    last=$(printf 'step-%07d' "$STEPS")  # the final adapter, scored above
+    for snapshot in "$WORK/$name"/snapshots/step-*; do
+        [ -d "$snapshot" ] && [ "${snapshot##*/}" != "$last" ] || continue
+        evaluate "$snapshot/$SPLIT-results" --mode direct --mode adapter --adapter "$snapshot"
+    done
 }
 
 train sdrt configs/study/sdrt.yaml "${cache[@]}"

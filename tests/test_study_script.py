@@ -115,3 +115,31 @@ def test_more_guard_traces_are_retained_and_a_multi_hop_set_is_never_retained(tm
         with pytest.raises(subprocess.CalledProcessError):
             run_study(tmp_path, RETAINED=refused)
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == len(calls)  # nothing more ran
+
+
+def test_overlays_come_last_and_every_snapshot_but_the_final_one_is_scored(tmp_path):
+    for step in (200, 400, 600):  # what distill would leave with snapshot_every: 200, STEPS=600
+        (tmp_path / "work" / "ablation-ce-only" / "snapshots" / f"step-{step:07d}").mkdir(parents=True)
+    overlays = "configs/ablations/ce-only.yaml configs/curve/snapshots.yaml"
+    calls = run_study(tmp_path, RUNS="ablation-ce-only", STEPS="600", OVERLAYS=overlays)
+    (distill,) = [call for call in calls if call[0] == "distill"]
+    configs = [distill[i + 1] for i, flag in enumerate(distill) if flag == "--config"]
+    assert configs == [
+        "configs/study/sdrt.yaml",
+        "configs/ablations/ce-only.yaml",  # the run's own
+        "configs/ablations/ce-only.yaml",  # the overlays, last
+        "configs/curve/snapshots.yaml",
+    ]
+    evals = [call for call in calls if call[0] == "eval" and "--adapter" in call]
+    scored = [call[call.index("--adapter") + 1] for call in evals]
+    snapshots = sorted({path.rsplit("/", 1)[1] for path in scored if "/snapshots/" in path})
+    assert snapshots == ["step-0000200", "step-0000400"]  # the final one is the adapter itself
+    assert any(path.endswith("/ablation-ce-only") for path in scored)
+
+
+def test_a_missing_overlay_stops_the_study_before_anything_runs(tmp_path):
+    import pytest
+
+    with pytest.raises(subprocess.CalledProcessError):
+        run_study(tmp_path, RUNS="sdrt", OVERLAYS="configs/curve/no-such.yaml")
+    assert not (tmp_path / "calls.txt").exists()
