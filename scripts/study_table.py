@@ -13,6 +13,9 @@ with the best of them (a prompt chosen on the same questions, so a generous base
 other variant (a control or an ablation) is also compared, paired, with the full adapter
 (the ``sdrt`` folder), which is what crediting one of SDRT's parts needs.
 
+A variant's snapshots (``snapshot_every``, scored by ``scripts/study.sh``) are rows of their own,
+``<variant> @ <step>``: its learning curve.
+
 ``--with DIR`` adds a variant folder of another study on the same held-out questions (named
 ``<its study>/<folder>``), e.g. the same training on fewer traces; ``--against NAME`` pairs every
 variant with that one instead of ``sdrt``.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sdrt.distill.trainer import SNAPSHOTS
 from sdrt.evaluation.benchmarks import get_benchmark
 from sdrt.evaluation.evaluate import (
     Comparison,
@@ -108,7 +112,13 @@ def main(work: Path, split: str, others: list[Path], against: str = FULL_ADAPTER
     per_prompt, best_prompt_lines = prompt_rows(base)
     table.update(per_prompt)
     pattern = f"{split}-results-*.json"
-    files = {p.name: paths for p in sorted(work.iterdir()) if (paths := list(p.glob(pattern)))}
+    files = {}
+    for folder in sorted(p for p in work.iterdir() if p.is_dir()):
+        if paths := list(folder.glob(pattern)):
+            files[folder.name] = paths
+        for snapshot in sorted(folder.glob(f"{SNAPSHOTS}/step-*")):  # a learning curve, step by step
+            if paths := list(snapshot.glob(pattern)):
+                files[f"{folder.name} @ {int(snapshot.name.split('-')[1])}"] = paths
     for folder in others:
         if not (paths := list(folder.glob(pattern))):
             raise SystemExit(f"{folder}: no {pattern}")

@@ -169,3 +169,17 @@ def test_a_variant_of_another_study_joins_the_table_and_can_be_the_reference(tmp
     )
     with pytest.raises(SystemExit, match="no validation-results"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+def test_a_variants_snapshots_are_rows_of_their_own_named_by_step(tmp_path, capsys, monkeypatch):
+    EvalResults(summaries=[summary("scenes", "direct", 0.5)]).save(tmp_path / "validation-base-scenes.json")
+    run = tmp_path / "ablation-ce-only"
+    for folder, score in ((run, 0.62), (run / "snapshots" / "step-0000200", 0.55)):
+        folder.mkdir(parents=True)
+        results("scenes", "adapter", 0.50, score, 0.1).save(folder / "validation-results-scenes.json")
+    (run / "snapshots" / "step-0000400").mkdir()  # not scored yet: no row
+    monkeypatch.setattr(sys, "argv", ["study_table.py", str(tmp_path), "validation"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ablation-ce-only")]
+    assert [row.split(" | ")[0] for row in rows] == ["| ablation-ce-only", "| ablation-ce-only @ 200"]
+    assert "| 0.550 |" in rows[1] and "+0.050" in rows[1]
