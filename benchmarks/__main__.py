@@ -29,6 +29,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--examples", type=int, help="examples for trace generation and answering")
     parser.add_argument("--k", type=int, help="dual-query prompts per example")
     parser.add_argument("--batch-size", type=int, help="examples per batch (traces, answering, distillation)")
+    parser.add_argument(
+        "--analysis-tokens",
+        type=int,
+        help="step-1 budget of trace generation and answering (default 48; the study's traces use 128)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke run")
     parser.add_argument("--write-doc", action="store_true", help="rewrite the figures in docs/performance.md")
     parser.add_argument(
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     threads = set_threads(args.threads)
-    sizes = Sizes.choose(args.quick, args.examples, args.k, args.batch_size)
+    sizes = Sizes.choose(args.quick, args.examples, args.k, args.batch_size, args.analysis_tokens)
     loaded = load_bench_model(args.model, device=args.device)
     inputs = make_inputs(sizes.examples, sizes.k)
     command = "python -m benchmarks " + " ".join(

@@ -45,14 +45,20 @@ class Sizes:
         return GenerationBudget(analysis_tokens=self.analysis_tokens, answer_tokens=self.answer_tokens)
 
     @staticmethod
-    def choose(quick: bool, examples: int | None, k: int | None, batch_size: int | None) -> Sizes:
+    def choose(
+        quick: bool,
+        examples: int | None,
+        k: int | None,
+        batch_size: int | None,
+        analysis_tokens: int | None = None,
+    ) -> Sizes:
         base = Sizes.quick() if quick else Sizes()
         n = examples or base.examples
         return Sizes(
             examples=n,
             k=k or base.k,
             batch_size=batch_size or min(base.batch_size, n),
-            analysis_tokens=base.analysis_tokens,
+            analysis_tokens=analysis_tokens or base.analysis_tokens,
             answer_tokens=base.answer_tokens,
             distill_steps=base.distill_steps,
             warmup_steps=base.warmup_steps,

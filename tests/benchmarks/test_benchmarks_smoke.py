@@ -60,6 +60,17 @@ def test_quick_run_prints_scaling_table_and_agreement(quick_output: str) -> None
     assert re.search(r"answers agree \d+/\d+", quick_output)
 
 
+def test_the_analysis_budget_is_chosen_from_the_command_line() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.__main__ import parse_args
+    from benchmarks.common import Sizes
+
+    args = parse_args(["--analysis-tokens", "128", "--quick"])
+    sizes = Sizes.choose(args.quick, args.examples, args.k, args.batch_size, args.analysis_tokens)
+    assert sizes.budget.analysis_tokens == 128
+    assert Sizes.choose(False, None, None, None).budget.analysis_tokens == Sizes().analysis_tokens
+
+
 def test_parse_ratios_reads_what_figures_print() -> None:
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import Figure, parse_ratios
