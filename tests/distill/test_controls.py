@@ -170,3 +170,61 @@ def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_
         for folder in (retain, other)
     }
     assert len(fingerprints) == 2
+
+
+def test_retain_share_gives_every_batch_its_share_of_retained_rows():
+    from sdrt.distill.trainer import global_batch_indices
+
+    n_examples, n_retained = 30, 6  # the last six are retained
+    mixed = DistillConfig(retain=["runs/retain"], retain_share=0.25, batch_size=8)
+    batches = [global_batch_indices(step, 0, mixed, n_examples, n_retained) for step in range(3)]
+    retained = [[i for i in batch if i >= n_examples - n_retained] for batch in batches]
+    assert [len(rows) for rows in retained] == [2, 2, 2]  # not the 1.6 of proportional draws
+    assert sorted(i for rows in retained for i in rows) == list(range(24, 30))  # one epoch of them
+    distilled = [i for batch in batches for i in batch if i < 24]
+    assert len(distilled) == len(set(distilled)) == 18
+    assert batches == [global_batch_indices(step, 0, mixed, n_examples, n_retained) for step in range(3)]
+
+    proportional = mixed.model_copy(update={"retain_share": None})  # the draws as without retained rows
+    assert all(
+        global_batch_indices(step, 0, proportional, n_examples, n_retained)
+        == global_batch_indices(step, 0, proportional, n_examples)
+        for step in range(3)
+    )
+
+
+def test_retain_share_needs_retained_folders_and_a_batch_to_split():
+    with pytest.raises(ValueError, match="retain"):
+        DistillConfig(retain_share=0.3)
+    with pytest.raises(ValueError, match="batch_size"):
+        DistillConfig(retain=["runs/retain"], retain_share=0.3, batch_size=1)
+
+
+def test_the_trainer_draws_retain_share_of_each_batch_from_the_retained_questions(
+    own_model, trace_dir, make_traces, tmp_path, monkeypatch
+):
+    from sdrt.distill.data import load_distill_examples
+    from sdrt.distill.trainer import DistillTrainer
+
+    retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=3)
+    retained_ids = {ex.record.id for ex in load_distill_examples(retain)}
+    seen: list[list[str]] = []
+    train_on = DistillTrainer.micro_step_loss
+
+    def recording(self, batch):
+        seen.append([ex.record.id for ex in batch])
+        return train_on(self, batch)
+
+    monkeypatch.setattr(DistillTrainer, "micro_step_loss", recording)
+    cfg = DistillConfig(
+        model="tiny:llava",
+        traces=trace_dir,
+        retain=retain,
+        retain_share=0.5,
+        out=tmp_path / "mixed",
+        steps=3,
+        batch_size=4,
+        loss={"hidden": 0.0, "ce": 1.0},
+    )
+    run_distillation(cfg, own_model)
+    assert [sum(i in retained_ids for i in batch) for batch in seen] == [2, 2, 2]  # of 3 against 8

@@ -43,6 +43,10 @@ class DistillConfig(LoadOptions):
     # distilling the reasoning elsewhere leaves what the model already answers as it was (a
     # replay of the model's own outputs, as in continual learning; no labels read)
     retain: list[Path] = Field(default_factory=list)
+    # the share of each batch drawn from the retained examples (None: in proportion to their
+    # number). A few retained questions among thousands of distilled ones are otherwise seen too
+    # rarely to hold their answers in place.
+    retain_share: float | None = Field(default=None, gt=0, lt=1)
     out: Path = Path("runs/adapter")
 
     # the adapter, whole (layers None: four over the upper half; the skip is on unless
@@ -92,6 +96,14 @@ class DistillConfig(LoadOptions):
                 "labels=direct trains on the model's own direct answers: the reasoning teachers do not "
                 "apply, so set loss.hidden and loss.kl to 0 (cross-entropy only)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _retain_share_has_retained_rows(self) -> DistillConfig:
+        if self.retain_share is not None and not self.retain:
+            raise ValueError("retain_share mixes retained examples into every batch: name them in retain")
+        if self.retain_share is not None and self.batch_size < 2:
+            raise ValueError("retain_share splits each batch in two: batch_size must be at least 2")
         return self
 
     @field_validator("adapter", mode="before")

@@ -105,16 +105,33 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
 # --- batches -------------------------------------------------------------------------------------
 
 
-def global_batch_indices(step: int, micro: int, config: DistillConfig, n_examples: int) -> list[int]:
+def global_batch_indices(
+    step: int, micro: int, config: DistillConfig, n_examples: int, n_retained: int = 0
+) -> list[int]:
     """The examples of micro-batch ``micro`` of ``step``: a fixed function of the seed.
 
     Epochs are seeded permutations, so a resumed run sees exactly the batches it would have.
+    The last ``n_retained`` of the ``n_examples`` are retained ones; with ``retain_share`` set,
+    each micro-batch draws that share of its rows from them (their own stream of epochs) and the
+    rest from the distilled ones, instead of both in proportion to their numbers.
     """
-    start = (step * config.grad_accum + micro) * config.batch_size
+    size, position = config.batch_size, step * config.grad_accum + micro
+    n_distilled = n_examples - n_retained
+    if config.retain_share is None or not n_retained or not n_distilled:
+        return _stream(config.seed, position * size, size, n_examples)
+    from_retained = max(1, min(size - 1, round(config.retain_share * size)))
+    from_distilled = size - from_retained
+    distilled = _stream(config.seed, position * from_distilled, from_distilled, n_distilled)
+    retained = _stream(config.seed + 1, position * from_retained, from_retained, n_retained)
+    return distilled + [n_distilled + i for i in retained]
+
+
+def _stream(seed: int, start: int, count: int, n_examples: int) -> list[int]:
+    """Positions ``start`` to ``start + count`` of an endless run of seeded epochs over the examples."""
     out = []
-    for position in range(start, start + config.batch_size):
+    for position in range(start, start + count):
         epoch, offset = divmod(position, n_examples)
-        out.append(_epoch_order(config.seed, epoch, n_examples)[offset])
+        out.append(_epoch_order(seed, epoch, n_examples)[offset])
     return out
 
 
@@ -143,8 +160,12 @@ class DistillTrainer:
         model: VisionLanguageModel,
         examples: list[DistillExample],
         library: PromptLibrary | None = None,
+        *,
+        retained: Sequence[DistillExample] = (),
     ) -> None:
-        """``library`` renders the prompts of examples that carry no library of their own."""
+        """``library`` renders the prompts of examples that carry no library of their own;
+        ``retained`` are the examples labelled with the model's own answers (``retain_share``)."""
+        examples = [*examples, *retained]
         counts = {len(ex.prompt_ids) for ex in examples}
         if len(counts) != 1:
             raise DistillError(f"all traces must have the same number of prompts per example, found {counts}")
@@ -155,6 +176,7 @@ class DistillTrainer:
         self.config = config
         self.model = model
         self.examples = examples
+        self.n_retained = len(retained)
         self.library = library
         self.library_hash = libraries_hash(examples, library)
         self.adapter_settings = config.adapter.resolved(model.num_layers, counts.pop())
@@ -274,7 +296,7 @@ class DistillTrainer:
         ahead: dict[int, None] = {}
         for step in range(self.step, c.steps):
             for micro in range(c.grad_accum):
-                ahead.update(dict.fromkeys(global_batch_indices(step, micro, c, n)))
+                ahead.update(dict.fromkeys(global_batch_indices(step, micro, c, n, self.n_retained)))
             if len(ahead) == n:
                 break
         return [self.examples[i] for i in ahead]
@@ -346,7 +368,8 @@ class DistillTrainer:
         totals: dict[str, float] = {}
         loss_sum = 0.0
         for micro in range(self.config.grad_accum):
-            indices = global_batch_indices(self.step, micro, self.config, len(self.examples))[rank::size]
+            indices = global_batch_indices(self.step, micro, self.config, len(self.examples), self.n_retained)
+            indices = indices[rank::size]
             loss, terms = self.micro_step_loss([self.examples[i] for i in indices])
             (loss / self.config.grad_accum).backward()
             loss_sum += float(loss.detach()) / self.config.grad_accum
@@ -499,8 +522,8 @@ def run_distillation(
     if config.labels == "direct":  # the self-training control: every example on direct answers
         examples, retained = [], examples + retained
     if retained:
-        examples += with_direct_labels(model, retained, config.out / "direct_labels.json")
-    trainer = DistillTrainer(config, model, examples)
+        retained = with_direct_labels(model, retained, config.out / "direct_labels.json")
+    trainer = DistillTrainer(config, model, examples, retained=retained)
     if restart and rank == 0:
         shutil.rmtree(config.out / CHECKPOINTS, ignore_errors=True)
     resumed = 0 if restart else trainer.resume()
