@@ -9,6 +9,8 @@
 #   RETAINED="easy-vqa single-hop single-hop-more" ...   # and 1,500 more single-hop ones
 #   OVERLAYS="configs/ablations/ce-only.yaml configs/curve/snapshots.yaml" ...   # added to every
 #       training's configs; an adapter kept every N steps (snapshot_every) is scored on SPLIT too
+#   MODEL=embedded:runs/align-embedded-3/weights WORK=runs/study-align3 ...   # the study on the
+#       weights of another alignment run (every stage; its traces need their own WORK folder)
 #
 # 1. traces: the scene prompts of configs/study/traces-scenes.yaml on 2,000 multi-hop questions
 #    of training scenes of seed 1 (alignment drew its scenes from seed 0), 500 easy-vqa and 500
@@ -76,13 +78,15 @@ for run in $RUNS; do  # a misspelt name would silently train nothing
         exit 2
     fi
 done
+# The model every stage loads: the shipped embedded weights, or embedded:<folder> for others.
+MODEL=${MODEL:-embedded}
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
 # The ensemble is evaluated with the prompts the traces were made with (one home: the config).
 PROMPTS=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["prompts"]))' \
     configs/study/traces-scenes.yaml)
 K=$(($(tr -cd , <<<"$PROMPTS" | wc -c) + 1))
-COMMON=(--limit "$N_EVAL" --prompts "$PROMPTS" --k "$K" --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
+COMMON=(--model "$MODEL" --limit "$N_EVAL" --prompts "$PROMPTS" --k "$K" --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
 
 # evaluate OUT MODES...: the scene benchmarks on SPLIT (the multi-hop scenes with every mode,
 # single-hop with all but the ensemble); easy-vqa has no validation split, so it is scored (on
@@ -106,7 +110,7 @@ evaluate() {
 
 SOURCES="$DISTILLED $RETAINED"
 for source in $SOURCES; do
-    $SDRT traces --config "configs/study/traces-$source.yaml" --out "$WORK/traces-$source"
+    $SDRT traces --config "configs/study/traces-$source.yaml" --model "$MODEL" --out "$WORK/traces-$source"
 done
 for source in $SOURCES; do  # pseudo-labels against references: measured, never trained on
     $SDRT label-quality "$WORK/traces-$source" --out "$WORK/label-quality-$source.json"
@@ -123,7 +127,8 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
     local name=$1 config=$2
     shift 2
     case " $RUNS " in *" $name "*) ;; *) return 0 ;; esac
-    $SDRT distill --config "$config" "$@" "${overlays[@]}" "${traces[@]}" --out "$WORK/$name" --steps "$STEPS"
+    $SDRT distill --config "$config" "$@" "${overlays[@]}" "${traces[@]}" --model "$MODEL" --out "$WORK/$name" \
+        --steps "$STEPS"
     evaluate "$WORK/$name/$SPLIT-results" --mode direct --mode adapter --adapter "$WORK/$name"
     local snapshot last
     last=$(printf 'step-%07d' "$STEPS")  # the final adapter, scored above

@@ -70,9 +70,10 @@ def test_every_sweep_config_is_a_valid_overlay_that_changes_the_study_adapter():
     base = root / "configs/study/sdrt.yaml"
     sweeps = sorted((root / "configs" / "sweep").glob("*.yaml"))
     assert len(sweeps) >= 6
+    retained = {"retain": ["runs/study/traces-single-hop"]}  # as the study passes them (--retain)
     for sweep in sweeps:
-        changed = load_config(DistillConfig, [base, sweep])
-        assert changed != load_config(DistillConfig, base), sweep.name
+        changed = load_config(DistillConfig, [base, sweep], **retained)
+        assert changed != load_config(DistillConfig, base, **retained), sweep.name
 
 
 def test_more_multi_hop_traces_are_distilled_beside_the_first_set(tmp_path):
@@ -143,3 +144,14 @@ def test_a_missing_overlay_stops_the_study_before_anything_runs(tmp_path):
     with pytest.raises(subprocess.CalledProcessError):
         run_study(tmp_path, RUNS="sdrt", OVERLAYS="configs/curve/no-such.yaml")
     assert not (tmp_path / "calls.txt").exists()
+
+
+def test_model_reaches_every_stage_and_defaults_to_the_shipped_weights(tmp_path):
+    (tmp_path / "candidate").mkdir()
+    (tmp_path / "shipped").mkdir()
+    calls = run_study(tmp_path / "candidate", RUNS="sdrt", MODEL="embedded:runs/align/weights")
+    staged = [call for call in calls if call[0] in ("traces", "distill", "eval")]
+    assert {call[0] for call in staged} == {"traces", "distill", "eval"}
+    assert all(call[call.index("--model") + 1] == "embedded:runs/align/weights" for call in staged)
+    shipped = run_study(tmp_path / "shipped", RUNS="sdrt")
+    assert {call[call.index("--model") + 1] for call in shipped if call[0] != "label-quality"} == {"embedded"}

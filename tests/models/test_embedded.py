@@ -239,6 +239,33 @@ def test_missing_weights_folder_is_a_clear_error(tmp_path):
         read_weights(tmp_path)
 
 
+def test_embedded_with_a_weights_folder_loads_those_weights_under_their_own_hash(user_cache, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from sdrt.models import load_model
+    from sdrt.models.embedded import CONFIG_FILE, PROJECTOR_PREFIX, WEIGHTS_DIR, WEIGHTS_FILE
+
+    if not (WEIGHTS_DIR / WEIGHTS_FILE).is_file():
+        pytest.skip("needs the shipped weights to derive a candidate from")
+    with pytest.raises(ModelError, match="no embedded weights"):
+        load_model(f"embedded:{tmp_path / 'nowhere'}")
+
+    shipped = load_model("embedded")
+    tensors = load_file(WEIGHTS_DIR / WEIGHTS_FILE)
+    name = next(key for key in sorted(tensors) if key.startswith(PROJECTOR_PREFIX))
+    tensors[name] = tensors[name] + 0.5  # a candidate alignment run's weights: one tensor moved
+    save_file(tensors, tmp_path / WEIGHTS_FILE)
+    (tmp_path / CONFIG_FILE).write_text((WEIGHTS_DIR / CONFIG_FILE).read_text())
+    candidate = load_model(f"embedded:{tmp_path}")
+
+    assert candidate.name == f"embedded:{tmp_path}"  # what traces and adapters record
+    moved = name.removeprefix(PROJECTOR_PREFIX)
+    assert torch.equal(candidate.projector.state_dict()[moved], shipped.projector.state_dict()[moved] + 0.5)
+    assert candidate.config_hash != shipped.config_hash  # traces of one are refused by the other
+    again = load_model(f"embedded:{WEIGHTS_DIR}")
+    assert again.config_hash == shipped.config_hash  # the hash is of the weights, not the name
+
+
 def test_config_dict_names_the_parts(vlm):
     config = vlm.config_dict()
     assert config["backend"] == "embedded" and config["image_tokens"] == vlm.image_tokens

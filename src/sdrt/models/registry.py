@@ -1,4 +1,9 @@
-"""Model names users type (``embedded``, ``tiny:llava``, a folder, a hub id) -> a loaded backend."""
+"""Model names users type (``embedded``, ``tiny:llava``, a folder, a hub id) -> a loaded backend.
+
+``embedded:<folder>`` is the embedded model with the weights of an alignment run other than
+the shipped ones (``sdrt align`` writes them to ``<out>/weights``), so candidate weights are
+traced, distilled and scored by the same commands before they replace the shipped ones.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,13 @@ TINY_FAMILIES = ("llava", "qwen2-vl", "idefics3")
 
 
 def available_models() -> list[str]:
-    return ["embedded", *(f"tiny:{family}" for family in TINY_FAMILIES), "<local folder>", "<hub id>"]
+    return [
+        "embedded",
+        "embedded:<weights folder>",
+        *(f"tiny:{family}" for family in TINY_FAMILIES),
+        "<local folder>",
+        "<hub id>",
+    ]
 
 
 def load_model(
@@ -30,17 +41,8 @@ def load_model(
     options = (options or LoadOptions()).model_copy(
         update={k: v for k, v in {"device": device, "dtype": dtype}.items() if v is not None}
     )
-    if name == "embedded":
-        import torch
-
-        from sdrt.models.embedded import EmbeddedVLM
-
-        if options.dtype == "float16" or options.device_map or options.attn_implementation:
-            raise ModelError(
-                "the embedded model runs in float32 or bfloat16 on one device; "
-                "drop --device-map/--attn and use --dtype float32|bfloat16"
-            )
-        return EmbeddedVLM.load(device=options.device, dtype=getattr(torch, options.dtype))
+    if name == "embedded" or name.startswith("embedded:"):
+        return _load_embedded(name, options)
     from sdrt.models.hf import HFVisionLanguageModel
 
     if name.startswith("tiny:"):
@@ -60,3 +62,28 @@ def load_model(
     raise ModelError(
         f"unknown model {name!r}: not a folder, not a hub id; known names: {', '.join(available_models())}"
     )
+
+
+def _load_embedded(name: str, options: LoadOptions) -> VisionLanguageModel:
+    """``embedded`` (the shipped weights) or ``embedded:<folder>`` (an alignment run's weights)."""
+    import torch
+
+    from sdrt.models.embedded import WEIGHTS_FILE, EmbeddedVLM
+
+    if options.dtype == "float16" or options.device_map or options.attn_implementation:
+        raise ModelError(
+            "the embedded model runs in float32 or bfloat16 on one device; "
+            "drop --device-map/--attn and use --dtype float32|bfloat16"
+        )
+    folder = name.partition(":")[2] or None
+    if folder is not None and not (Path(folder).expanduser() / WEIGHTS_FILE).is_file():
+        raise ModelError(
+            f"{name}: no embedded weights in {folder} (expected {WEIGHTS_FILE}, as sdrt align writes)"
+        )
+    model = EmbeddedVLM.load(
+        device=options.device,
+        dtype=getattr(torch, options.dtype),
+        weights_dir=Path(folder).expanduser() if folder else None,
+    )
+    model.name = name
+    return model
