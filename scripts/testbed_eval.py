@@ -75,11 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="with --from-records: the same records answered by other weights, compared pairwise",
     )
+    parser.add_argument(
+        "--baseline-eval",
+        type=Path,
+        default=None,
+        help="with --from-records: an `sdrt eval` results JSON of other weights (direct and ensemble "
+        "on the same multi-hop records), compared pairwise on direct, its prompts and its ensemble",
+    )
     parser.add_argument("--skip-perception", action="store_true")
     parser.add_argument("--skip-reasoning", action="store_true", help="perception only (a quick look)")
     args = parser.parse_args(argv)
-    if args.baseline_records and not args.from_records:
-        parser.error("--baseline-records compares stored answers: give --from-records too")
+    if (args.baseline_records or args.baseline_eval) and not args.from_records:
+        parser.error("--baseline-records/--baseline-eval compare stored answers: give --from-records too")
     return args
 
 
@@ -292,6 +299,54 @@ def versus_baseline(
     }
 
 
+def versus_eval_results(rows: list[dict], results: dict, records: list, library: PromptLibrary) -> dict:
+    """These weights against the items of an ``sdrt eval`` run of other weights on the same records.
+
+    The run's ensemble is of the prompts its items name (``prompt_answers``); ours is the majority
+    vote of the same prompts over our stored answers. Its scores are taken as it recorded them.
+    """
+    by_id = checked_records(rows, records)
+    items = {(i["mode"], i["record_id"]): i for i in results["items"] if i["benchmark"] == "scenes"}
+    missing = [
+        row["id"]
+        for row in rows
+        if ("direct", row["id"]) not in items or ("ensemble", row["id"]) not in items
+    ]
+    if missing:
+        raise SystemExit(
+            f"the eval results lack direct or ensemble answers for {len(missing)} of these records"
+        )
+    prompt_ids = list(items["ensemble", rows[0]["id"]]["prompt_answers"])
+    skills = {pid: "" for pid in prompt_ids}
+    ours = mode_scores(
+        [row | {"prompts": [t for t in row["prompts"] if t["prompt_id"] in skills]} for row in rows],
+        by_id,
+        skills,
+        library,
+    )
+    mine = {"direct": ours.direct, "ensemble": ours.ensemble_scores(prompt_ids)}
+    theirs = {mode: [items[mode, row["id"]]["score"] for row in rows] for mode in ("direct", "ensemble")}
+    for pid in prompt_ids:
+        mine[f"dual:{pid}"] = ours.by_prompt[pid]
+        theirs[f"dual:{pid}"] = [
+            score("exact_match", items["ensemble", row["id"]]["prompt_answers"][pid], by_id[row["id"]])
+            for row in rows
+        ]
+
+    def gain(modes: dict[str, list[float]], mode: str) -> list[float]:
+        return [m - d for m, d in zip(modes[mode], modes["direct"], strict=True)]
+
+    return {
+        "prompts": prompt_ids,
+        "ours": {mode: interval(values) for mode, values in mine.items()},
+        "theirs": {mode: interval(values) for mode, values in theirs.items()},
+        "score": {mode: paired(mine[mode], theirs[mode]) for mode in mine},
+        "gain_over_direct": {
+            mode: paired(gain(mine, mode), gain(theirs, mode)) for mode in mine if mode != "direct"
+        },
+    }
+
+
 def ranked_subsets(
     prompt_ids: list[str], ensemble_scores: Callable[[list[str]], list[float]], top: int = 5
 ) -> list[dict]:
@@ -398,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
             baseline = read_rows(args.baseline_records)
             result["versus_baseline"] = {"baseline_records": str(args.baseline_records)} | versus_baseline(
                 rows, baseline, records, skills, library
+            )
+        if args.baseline_eval:
+            results = json.loads(args.baseline_eval.read_text())
+            result["versus_baseline_eval"] = {"baseline_eval": str(args.baseline_eval)} | versus_eval_results(
+                rows, results, records, library
             )
     else:
         vlm = EmbeddedVLM.load(weights_dir=folder, dtype=getattr(torch, args.dtype))

@@ -149,3 +149,51 @@ def test_other_weights_are_compared_pairwise_with_the_gain_over_direct(
     )  # direct answers did not change, so the gain grew by what the prompt gained
     with pytest.raises(SystemExit):
         script["parse_args"](["--baseline-records", str(tmp_path / "theirs.jsonl")])
+
+
+def as_eval_results(rows: list[dict], records) -> dict:
+    """The items an `sdrt eval --mode direct --mode ensemble` run would have written for these rows."""
+    refs = {r.id: r.answers[0] for r in records}
+    items = []
+    for row in rows:
+        answers = {t["prompt_id"]: t["answer"] for t in row["prompts"]}
+        voted = max(set(answers.values()), key=list(answers.values()).count)
+        for mode, prediction, extra in (("direct", row["direct"], {}), ("ensemble", voted, answers)):
+            score = float(prediction == refs[row["id"]])
+            items.append(
+                {
+                    "benchmark": "scenes",
+                    "mode": mode,
+                    "record_id": row["id"],
+                    "score": score,
+                    "prompt_answers": extra,
+                }
+            )
+    return {"summaries": [], "comparisons": [], "items": items}
+
+
+def test_other_weights_scored_by_sdrt_eval_are_compared_on_its_prompts_and_ensemble(
+    script, records, tmp_path, monkeypatch
+) -> None:
+    ours, theirs = stored_rows(records, strong_wrong_every=1000), stored_rows(records, strong_wrong_every=2)
+    (tmp_path / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
+    (tmp_path / "theirs.json").write_text(json.dumps(as_eval_results(theirs, records)))
+    monkeypatch.setitem(
+        script["main"].__globals__,
+        "read_weights",
+        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
+    )
+    out = tmp_path / "summary.json"
+    argv = ["--n", "40", "--from-records", str(tmp_path / "ours.jsonl"), "--out", str(out)]
+    assert script["main"]([*argv, "--baseline-eval", str(tmp_path / "theirs.json")]) == 0
+    versus = json.loads(out.read_text())["versus_baseline_eval"]
+    n = len(records)
+    assert versus["prompts"] == ["strong", "weak_a", "weak_b"]
+    assert versus["score"]["direct"]["difference"] == 0.0
+    assert versus["score"]["dual:strong"]["difference"] == pytest.approx((n // 2 - 1) / n)  # 19 more right
+    # the two weak prompts outvote 'strong' wherever they are wrong: the ensembles are the same
+    assert versus["score"]["ensemble"]["difference"] == 0.0
+    assert versus["theirs"]["ensemble"]["score"] == versus["ours"]["ensemble"]["score"] == 0.5
+    (tmp_path / "short.json").write_text(json.dumps(as_eval_results(theirs[:-1], records)))
+    with pytest.raises(SystemExit, match="lack"):
+        script["main"]([*argv, "--baseline-eval", str(tmp_path / "short.json")])
