@@ -125,6 +125,17 @@ def test_prompt_subsets_are_ranked_by_their_majority_vote(script, records) -> No
     assert {"prompts": ["strong", "weak_a", "weak_b"], "score": full} in ranked
 
 
+def summary_argv(script, tmp_path, monkeypatch) -> tuple[list[str], Path]:
+    """Arguments that summarise tmp_path/ours.jsonl into the returned file, weights of SKILLS faked."""
+    monkeypatch.setitem(
+        script["main"].__globals__,
+        "read_weights",
+        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
+    )
+    out = tmp_path / "summary.json"
+    return ["--n", "40", "--from-records", str(tmp_path / "ours.jsonl"), "--out", str(out)], out
+
+
 def test_other_weights_are_compared_pairwise_with_the_gain_over_direct(
     script, records, tmp_path, monkeypatch
 ) -> None:
@@ -132,13 +143,7 @@ def test_other_weights_are_compared_pairwise_with_the_gain_over_direct(
     ours, theirs = stored_rows(records, strong_wrong_every=1000), stored_rows(records, strong_wrong_every=2)
     for name, rows in (("ours", ours), ("theirs", theirs)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setitem(
-        script["main"].__globals__,
-        "read_weights",
-        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
-    )
-    out = tmp_path / "summary.json"
-    argv = ["--n", "40", "--from-records", str(tmp_path / "ours.jsonl"), "--out", str(out)]
+    argv, out = summary_argv(script, tmp_path, monkeypatch)
     assert script["main"]([*argv, "--baseline-records", str(tmp_path / "theirs.jsonl")]) == 0
     versus = json.loads(out.read_text())["versus_baseline"]
     strong_then = sum(i % 2 != 0 for i in range(len(records))) / len(records)  # wrong on even rows
@@ -178,13 +183,7 @@ def test_other_weights_scored_by_sdrt_eval_are_compared_on_its_prompts_and_ensem
     ours, theirs = stored_rows(records, strong_wrong_every=1000), stored_rows(records, strong_wrong_every=2)
     (tmp_path / "ours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ours))
     (tmp_path / "theirs.json").write_text(json.dumps(as_eval_results(theirs, records)))
-    monkeypatch.setitem(
-        script["main"].__globals__,
-        "read_weights",
-        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
-    )
-    out = tmp_path / "summary.json"
-    argv = ["--n", "40", "--from-records", str(tmp_path / "ours.jsonl"), "--out", str(out)]
+    argv, out = summary_argv(script, tmp_path, monkeypatch)
     assert script["main"]([*argv, "--baseline-eval", str(tmp_path / "theirs.json")]) == 0
     versus = json.loads(out.read_text())["versus_baseline_eval"]
     n = len(records)
