@@ -396,6 +396,52 @@ def test_reasoning_items_answer_from_the_analysis_they_show():
     assert 40 <= altered <= 120
 
 
+def test_multi_hop_step_2_can_be_asked_of_altered_scenes_only():
+    """multi_hop_altered_share=1: a multi-hop step-2 item never shows its image's own description."""
+    from sdrt.data.scenes import description_objects, scene_questions
+    from sdrt.training.align import AlignConfig, sample_batch
+
+    data = scene_data()
+    config = AlignConfig(
+        batch_size=8,
+        scenes=30,
+        mix={"reasoning": 1.0},
+        analysis_prompts={"image_description": "description"},
+        altered_share=0.0,
+        multi_hop_altered_share=1.0,
+        seed=2,
+    )
+    faithful = {True: [], False: []}  # keyed by "the question is single-hop"
+    for step in range(30):
+        for item in sample_batch(data, config, step):
+            scene = data.scenes[item.image - data.scene_offset]
+            shown = description_objects(item.prompt[1][1])  # the analysis, replayed
+            seen = [(o.size, o.colour, o.shape) for o in scene.objects]
+            asked = item.prompt[-1][1]
+            single_hop = any(f": {q.question}\n" in asked for q in scene_questions(scene, "single-hop", 3))
+            faithful[single_hop].append(shown == seen)
+    assert len(faithful[False]) > 100 and len(faithful[True]) > 30
+    assert all(faithful[True])  # altered_share=0: single-hop questions see their own scene
+    # A swap of two identical objects leaves the text as it was: rare, never the rule.
+    assert sum(faithful[False]) <= 0.03 * len(faithful[False])
+
+
+def test_reasoning_batches_of_recorded_runs_are_drawn_as_before():
+    """Without multi_hop_altered_share the step-2 stream is the one the shipped weights saw."""
+    import hashlib
+
+    from sdrt.training.align import AlignConfig, sample_batch
+
+    config = AlignConfig(
+        batch_size=8, scenes=30, mix={"reasoning": 1.0}, analysis_prompts=SKILLS, altered_share=0.5, seed=5
+    )
+    data = scene_data()
+    stream = repr([sample_batch(data, config, step) for step in range(10)])
+    # Fingerprint of this stream before the multi-hop share existed: a changed draw order would
+    # make the recorded alignment commands train other weights.
+    assert hashlib.sha256(stream.encode()).hexdigest()[:16] == "af0e334b3c0cb929"
+
+
 def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -542,11 +588,14 @@ def test_alignment_can_start_from_exported_weights(user_cache, tmp_path, monkeyp
         alignment.align(config(tmp_path / "third", init_from=first, grid=7))
 
 
-def test_alignment_fingerprint_names_init_from_only_when_set(tmp_path):
+def test_alignment_fingerprint_names_later_options_only_when_set(tmp_path):
     from sdrt.training import align as alignment
 
-    assert "init_from" not in alignment.run_fingerprint(alignment.AlignConfig())  # old checkpoints resume
+    unset = alignment.run_fingerprint(alignment.AlignConfig())
+    assert "init_from" not in unset and "multi_hop_altered_share" not in unset  # old checkpoints resume
     assert alignment.run_fingerprint(alignment.AlignConfig(init_from=tmp_path))["init_from"] == str(tmp_path)
+    altered = alignment.run_fingerprint(alignment.AlignConfig(multi_hop_altered_share=1.0))
+    assert altered["multi_hop_altered_share"] == 1.0  # a resume with another share is refused
 
 
 def test_bfloat16_runs_the_language_model_in_bfloat16_and_keeps_the_config_hash(vlm, images):

@@ -114,6 +114,10 @@ class AlignConfig(BaseModel):
     paraphrase_share: float = Field(default=0.3, ge=0, le=1)  # step-1 requests paraphrased
     altered_share: float = Field(default=0.3, ge=0, le=1)  # step-2 analyses of an altered scene
     reasoning_multi_hop_share: float = Field(default=0.7, ge=0, le=1)  # of step-2 questions
+    # Step-2 multi-hop questions asked of an altered scene: at 1.0 the image never agrees with a
+    # faithful analysis of a multi-hop question, so the answer can only be read from the text.
+    # None: altered_share, in the draw order of the runs recorded before this field existed.
+    multi_hop_altered_share: float | None = Field(default=None, ge=0, le=1)
     bf16: bool = True  # bfloat16 autocast: about half the step time on CPUs with AVX512-BF16
     instruction_share: float = Field(default=0.7, ge=0, le=1)  # questions with the answer instruction
     checkpoint_every: int = Field(default=25, gt=0)
@@ -324,11 +328,28 @@ def _single_hop_item(data: AlignData, config: AlignConfig, rng: random.Random) -
 
 
 def _any_question(scene: Any, rng: random.Random, multi_hop_share: float) -> Any:
+    kind = "multi-hop" if rng.random() < multi_hop_share else "single-hop"
+    return _question_of_kind(scene, rng, kind)
+
+
+def _question_of_kind(scene: Any, rng: random.Random, kind: str) -> Any:
     from sdrt.data.scenes import scene_questions
 
-    kind = "multi-hop" if rng.random() < multi_hop_share else "single-hop"
     questions = scene_questions(scene, kind, 3) or scene_questions(scene, "single-hop", 3)
     return rng.choice(questions)
+
+
+def _reasoning_question(scene: Any, config: AlignConfig, rng: random.Random) -> tuple[Any, Any]:
+    """The scene the step-2 analysis describes (the image's, or one fact changed) and its question."""
+    from sdrt.data.scene_analyses import alter_scene
+
+    if config.multi_hop_altered_share is None:  # one share for both kinds, the recorded order
+        told = alter_scene(scene, rng) if rng.random() < config.altered_share else scene
+        return told, _any_question(told, rng, config.reasoning_multi_hop_share)
+    kind = "multi-hop" if rng.random() < config.reasoning_multi_hop_share else "single-hop"
+    share = config.multi_hop_altered_share if kind == "multi-hop" else config.altered_share
+    told = alter_scene(scene, rng) if rng.random() < share else scene
+    return told, _question_of_kind(told, rng, kind)
 
 
 def _analysis_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
@@ -347,14 +368,13 @@ def _analysis_item(data: AlignData, config: AlignConfig, rng: random.Random) -> 
 
 
 def _reasoning_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
-    from sdrt.data.scene_analyses import alter_scene, analysis
+    from sdrt.data.scene_analyses import analysis
     from sdrt.prompts.library import PromptLibrary
 
     row, scene = _scene(data, rng)
     prompt_id = rng.choice(sorted(config.analysis_prompts))
     skill = config.analysis_prompts[prompt_id]
-    told = alter_scene(scene, rng) if rng.random() < config.altered_share else scene
-    question = _any_question(told, rng, config.reasoning_multi_hop_share)
+    told, question = _reasoning_question(scene, config, rng)
     text = analysis(skill, told, question.question)
     prompt = PromptLibrary.builtin().get(prompt_id).step2(question.question, text)
     return TrainItem(row, prompt, question.answer, "reasoning")
@@ -475,12 +495,12 @@ def load_initial_weights(vlm: EmbeddedVLM, config: AlignConfig) -> None:
 def run_fingerprint(config: AlignConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it.
 
-    ``init_from`` counts only when set, so a run that starts from scratch has the fingerprint
-    it had before the option existed (and its checkpoints stay resumable).
+    Options added later (``init_from``, ``multi_hop_altered_share``) count only when set, so a
+    run that leaves them unset has the fingerprint it had before they existed (and its
+    checkpoints stay resumable).
     """
     excluded = {"out", "checkpoint_every", "log_every", "eval_questions", "threads", "command"}
-    if config.init_from is None:
-        excluded.add("init_from")
+    excluded |= {name for name in ("init_from", "multi_hop_altered_share") if getattr(config, name) is None}
     return config.model_dump(mode="json", exclude=excluded)
 
 
