@@ -103,7 +103,9 @@ def load_all(paths: list[Path]) -> EvalResults:
     return merged
 
 
-def main(work: Path, split: str, others: list[Path], against: str = FULL_ADAPTER) -> None:
+def main(work: Path, split: str, others: list[Path], against: str | None = None) -> None:
+    """The tables; ``against`` names the variant every other is paired with (default: the full
+    adapter where the study has one), and a name no variant has is refused, not left silent."""
     base = load_all(list(work.glob(f"{split}-base-*.json")))
     table = {
         "direct": rows_of(base, "direct", "direct"),
@@ -128,6 +130,9 @@ def main(work: Path, split: str, others: list[Path], against: str = FULL_ADAPTER
         results = load_all(paths)
         table[name] = rows_of(results, name, "adapter")
         variant_results[name] = results
+    if against is not None and against not in variant_results:
+        raise SystemExit(f"--against {against}: no such variant; known: {', '.join(variant_results)}")
+    against = against or FULL_ADAPTER
     benchmarks = sorted({b for rows in table.values() for b in rows})
     ensemble_gain = {
         b: table[ENSEMBLE][b][2] - table["direct"][b][2]
@@ -218,6 +223,8 @@ if __name__ == "__main__":
         default=[],
         help="a variant folder of another study, on the same questions",
     )
-    parser.add_argument("--against", default=FULL_ADAPTER, help="the variant every other is paired with")
+    parser.add_argument(
+        "--against", default=None, help=f"the variant every other is paired with (default: {FULL_ADAPTER})"
+    )
     args = parser.parse_args()
     main(args.work, args.split, args.others, args.against)

@@ -170,6 +170,12 @@ def test_a_variant_of_another_study_joins_the_table_and_can_be_the_reference(tmp
     with pytest.raises(SystemExit, match="no validation-results"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
 
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "study/sdtr"])  # a misspelt reference
+    with pytest.raises(
+        SystemExit, match="--against study/sdtr: no such variant; known: lora-sft, study/sdrt"
+    ):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+
 
 def test_a_variants_snapshots_are_rows_of_their_own_named_by_step(tmp_path, capsys, monkeypatch):
     EvalResults(summaries=[summary("scenes", "direct", 0.5)]).save(tmp_path / "validation-base-scenes.json")
