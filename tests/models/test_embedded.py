@@ -358,11 +358,8 @@ def multi_hop_questions(scenes) -> set[str]:
     return texts
 
 
-def test_reasoning_items_answer_from_the_analysis_they_show():
-    """Altered analyses: the answer is computed on the scene the text describes, not the image's."""
-    from dataclasses import replace
-
-    from sdrt.data.scenes import SceneObject, description_objects, scene_questions
+def description_step_2_items(steps: int, **shares: float):
+    """(image's scene, item) of step-2 batches that show the description analysis."""
     from sdrt.training.align import AlignConfig, sample_batch
 
     data = scene_data()
@@ -371,55 +368,51 @@ def test_reasoning_items_answer_from_the_analysis_they_show():
         scenes=30,
         mix={"reasoning": 1.0},
         analysis_prompts={"image_description": "description"},
-        altered_share=0.5,
         seed=2,
+        **shares,
     )
-    altered = 0
-    for step in range(20):
+    for step in range(steps):
         for item in sample_batch(data, config, step):
-            scene = data.scenes[item.image - data.scene_offset]
-            shown = item.prompt[1][1]  # the analysis, replayed as the assistant turn
-            altered += shown != scene.description
-            objects = tuple(
-                SceneObject(shape, colour, size, position, 0.5)
-                for position, (size, colour, shape) in enumerate(description_objects(shown))
-            )
-            told = replace(scene, objects=objects)  # same seed and index: the same question stream
-            asked = item.prompt[-1][1]
-            answers = {
-                q.answer
-                for kind in ("single-hop", "multi-hop")
-                for q in scene_questions(told, kind, 3)
-                if f": {q.question}\n" in asked
-            }
-            assert answers == {item.answer}, (shown, asked)
+            yield data.scenes[item.image - data.scene_offset], item
+
+
+def test_reasoning_items_answer_from_the_analysis_they_show():
+    """Altered analyses: the answer is computed on the scene the text describes, not the image's."""
+    from dataclasses import replace
+
+    from sdrt.data.scenes import SceneObject, description_objects, scene_questions
+
+    altered = 0
+    for scene, item in description_step_2_items(20, altered_share=0.5):
+        shown = item.prompt[1][1]  # the analysis, replayed as the assistant turn
+        altered += shown != scene.description
+        objects = tuple(
+            SceneObject(shape, colour, size, position, 0.5)
+            for position, (size, colour, shape) in enumerate(description_objects(shown))
+        )
+        told = replace(scene, objects=objects)  # same seed and index: the same question stream
+        asked = item.prompt[-1][1]
+        answers = {
+            q.answer
+            for kind in ("single-hop", "multi-hop")
+            for q in scene_questions(told, kind, 3)
+            if f": {q.question}\n" in asked
+        }
+        assert answers == {item.answer}, (shown, asked)
     assert 40 <= altered <= 120
 
 
 def test_multi_hop_step_2_can_be_asked_of_altered_scenes_only():
     """multi_hop_altered_share=1: a multi-hop step-2 item never shows its image's own description."""
     from sdrt.data.scenes import description_objects, scene_questions
-    from sdrt.training.align import AlignConfig, sample_batch
 
-    data = scene_data()
-    config = AlignConfig(
-        batch_size=8,
-        scenes=30,
-        mix={"reasoning": 1.0},
-        analysis_prompts={"image_description": "description"},
-        altered_share=0.0,
-        multi_hop_altered_share=1.0,
-        seed=2,
-    )
     faithful = {True: [], False: []}  # keyed by "the question is single-hop"
-    for step in range(30):
-        for item in sample_batch(data, config, step):
-            scene = data.scenes[item.image - data.scene_offset]
-            shown = description_objects(item.prompt[1][1])  # the analysis, replayed
-            seen = [(o.size, o.colour, o.shape) for o in scene.objects]
-            asked = item.prompt[-1][1]
-            single_hop = any(f": {q.question}\n" in asked for q in scene_questions(scene, "single-hop", 3))
-            faithful[single_hop].append(shown == seen)
+    for scene, item in description_step_2_items(30, altered_share=0.0, multi_hop_altered_share=1.0):
+        shown = description_objects(item.prompt[1][1])  # the analysis, replayed
+        seen = [(o.size, o.colour, o.shape) for o in scene.objects]
+        asked = item.prompt[-1][1]
+        single_hop = any(f": {q.question}\n" in asked for q in scene_questions(scene, "single-hop", 3))
+        faithful[single_hop].append(shown == seen)
     assert len(faithful[False]) > 100 and len(faithful[True]) > 30
     assert all(faithful[True])  # altered_share=0: single-hop questions see their own scene
     # A swap of two identical objects leaves the text as it was: rare, never the rule.
