@@ -327,9 +327,12 @@ def _single_hop_item(data: AlignData, config: AlignConfig, rng: random.Random) -
     return TrainItem(row, _direct(question.question, rng, config), question.answer, "single-hop")
 
 
+def _question_kind(rng: random.Random, multi_hop_share: float) -> str:
+    return "multi-hop" if rng.random() < multi_hop_share else "single-hop"
+
+
 def _any_question(scene: Any, rng: random.Random, multi_hop_share: float) -> Any:
-    kind = "multi-hop" if rng.random() < multi_hop_share else "single-hop"
-    return _question_of_kind(scene, rng, kind)
+    return _question_of_kind(scene, rng, _question_kind(rng, multi_hop_share))
 
 
 def _question_of_kind(scene: Any, rng: random.Random, kind: str) -> Any:
@@ -343,13 +346,15 @@ def _reasoning_question(scene: Any, config: AlignConfig, rng: random.Random) -> 
     """The scene the step-2 analysis describes (the image's, or one fact changed) and its question."""
     from sdrt.data.scene_analyses import alter_scene
 
+    def told(share: float) -> Any:
+        return alter_scene(scene, rng) if rng.random() < share else scene
+
     if config.multi_hop_altered_share is None:  # one share for both kinds, the recorded order
-        told = alter_scene(scene, rng) if rng.random() < config.altered_share else scene
-        return told, _any_question(told, rng, config.reasoning_multi_hop_share)
-    kind = "multi-hop" if rng.random() < config.reasoning_multi_hop_share else "single-hop"
-    share = config.multi_hop_altered_share if kind == "multi-hop" else config.altered_share
-    told = alter_scene(scene, rng) if rng.random() < share else scene
-    return told, _question_of_kind(told, rng, kind)
+        shown = told(config.altered_share)
+        return shown, _any_question(shown, rng, config.reasoning_multi_hop_share)
+    kind = _question_kind(rng, config.reasoning_multi_hop_share)
+    shown = told(config.multi_hop_altered_share if kind == "multi-hop" else config.altered_share)
+    return shown, _question_of_kind(shown, rng, kind)
 
 
 def _analysis_item(data: AlignData, config: AlignConfig, rng: random.Random) -> TrainItem:
