@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -358,14 +359,14 @@ def multi_hop_questions(scenes) -> set[str]:
     return texts
 
 
-def description_step_2_items(steps: int, **shares: float):
+def description_step_2_items(steps: int, scenes: int = 30, **shares: Any):
     """(image's scene, item) of step-2 batches that show the description analysis."""
     from sdrt.training.align import AlignConfig, sample_batch
 
-    data = scene_data()
+    data = scene_data(scenes)
     config = AlignConfig(
         batch_size=8,
-        scenes=30,
+        scenes=scenes,
         mix={"reasoning": 1.0},
         analysis_prompts={"image_description": "description"},
         seed=2,
@@ -376,21 +377,29 @@ def description_step_2_items(steps: int, **shares: float):
             yield data.scenes[item.image - data.scene_offset], item
 
 
-def test_reasoning_items_answer_from_the_analysis_they_show():
-    """Altered analyses: the answer is computed on the scene the text describes, not the image's."""
+def told_scene(scene, item):
+    """The scene the item's description analysis tells of (same seed and index as the image's,
+    so the same question stream)."""
     from dataclasses import replace
 
-    from sdrt.data.scenes import SceneObject, description_objects, scene_questions
+    from sdrt.data.scenes import SceneObject, description_objects
+
+    shown = item.prompt[1][1]  # the analysis, replayed as the assistant turn
+    objects = tuple(
+        SceneObject(shape, colour, size, position, 0.5)
+        for position, (size, colour, shape) in enumerate(description_objects(shown))
+    )
+    return replace(scene, objects=objects)
+
+
+def test_reasoning_items_answer_from_the_analysis_they_show():
+    """Altered analyses: the answer is computed on the scene the text describes, not the image's."""
+    from sdrt.data.scenes import scene_questions
 
     altered = 0
     for scene, item in description_step_2_items(20, altered_share=0.5):
-        shown = item.prompt[1][1]  # the analysis, replayed as the assistant turn
-        altered += shown != scene.description
-        objects = tuple(
-            SceneObject(shape, colour, size, position, 0.5)
-            for position, (size, colour, shape) in enumerate(description_objects(shown))
-        )
-        told = replace(scene, objects=objects)  # same seed and index: the same question stream
+        altered += item.prompt[1][1] != scene.description
+        told = told_scene(scene, item)
         asked = item.prompt[-1][1]
         answers = {
             q.answer
@@ -398,7 +407,7 @@ def test_reasoning_items_answer_from_the_analysis_they_show():
             for q in scene_questions(told, kind, 3)
             if f": {q.question}\n" in asked
         }
-        assert answers == {item.answer}, (shown, asked)
+        assert answers == {item.answer}, (item.prompt[1][1], asked)
     assert 40 <= altered <= 120
 
 
@@ -417,6 +426,27 @@ def test_multi_hop_step_2_can_be_asked_of_altered_scenes_only():
     assert all(faithful[True])  # altered_share=0: single-hop questions see their own scene
     # A swap of two identical objects leaves the text as it was: rare, never the rule.
     assert sum(faithful[False]) <= 0.03 * len(faithful[False])
+
+
+def test_balanced_step_2_reads_rare_multi_hop_types_about_as_often_as_common_ones():
+    """balance_multi_hop_types: the types few scenes offer are asked several times as often."""
+    from collections import Counter
+
+    from sdrt.data.scenes import MULTI_HOP_MAKERS, scene_questions
+
+    def type_counts(**options: Any) -> Counter:
+        asked: Counter = Counter()
+        for scene, item in description_step_2_items(100, 300, multi_hop_altered_share=1.0, **options):
+            prompt = item.prompt[-1][1]
+            for question in scene_questions(told_scene(scene, item), "multi-hop", None):
+                asked[question.question_type] += f": {question.question}\n" in prompt
+        return asked
+
+    balanced, as_drawn = type_counts(balance_multi_hop_types=True), type_counts()
+    assert len(balanced) == len(MULTI_HOP_MAKERS) and sum(balanced.values()) > 400
+    rarest = sorted(as_drawn, key=as_drawn.__getitem__)[:3]  # same colour, counts: 27 of 632
+    assert sum(balanced[t] for t in rarest) >= 2.5 * sum(as_drawn[t] for t in rarest), (balanced, as_drawn)
+    assert min(balanced.values()) >= 0.25 * max(balanced.values()), balanced  # 22 and 72 here
 
 
 def test_reasoning_batches_of_recorded_runs_are_drawn_as_before():
@@ -587,8 +617,11 @@ def test_alignment_fingerprint_names_later_options_only_when_set(tmp_path):
     unset = alignment.run_fingerprint(alignment.AlignConfig())
     assert "init_from" not in unset and "multi_hop_altered_share" not in unset  # old checkpoints resume
     assert alignment.run_fingerprint(alignment.AlignConfig(init_from=tmp_path))["init_from"] == str(tmp_path)
+    assert "balance_multi_hop_types" not in unset
     altered = alignment.run_fingerprint(alignment.AlignConfig(multi_hop_altered_share=1.0))
     assert altered["multi_hop_altered_share"] == 1.0  # a resume with another share is refused
+    balanced = alignment.run_fingerprint(alignment.AlignConfig(balance_multi_hop_types=True))
+    assert balanced["balance_multi_hop_types"] is True
 
 
 def test_bfloat16_runs_the_language_model_in_bfloat16_and_keeps_the_config_hash(vlm, images):

@@ -522,8 +522,9 @@ MULTI_HOP_MAKERS: tuple[QuestionMaker, ...] = (
 )
 
 
-def scene_questions(scene: Scene, kind: str, count: int) -> list[SceneQuestion]:
-    """Up to ``count`` questions of one kind, each of a different type, chosen with the scene's seed."""
+def scene_questions(scene: Scene, kind: str, count: int | None) -> list[SceneQuestion]:
+    """Up to ``count`` questions of one kind (None: every type the scene offers), each of a
+    different type, chosen with the scene's seed; the first ``count`` do not depend on ``count``."""
     makers = {"single-hop": SINGLE_HOP_MAKERS, "multi-hop": MULTI_HOP_MAKERS}[kind]
     rng = random.Random(f"sdrt-questions/{scene.seed}/{scene.index}/{kind}")
     view = _View(scene)
@@ -537,6 +538,15 @@ def scene_questions(scene: Scene, kind: str, count: int) -> list[SceneQuestion]:
         if question is not None:
             questions.append(question)
     return questions
+
+
+@functools.cache
+def question_type_shares(kind: str) -> dict[str, float]:
+    """Share of scenes that offer a question of each type of ``kind`` (on the statistics' seed)."""
+    offered: Counter[str] = Counter()
+    for scene in make_scenes(AVAILABILITY_SCENES, AVAILABILITY_SEED):
+        offered.update(question.question_type for question in scene_questions(scene, kind, None))
+    return {question_type: n / AVAILABILITY_SCENES for question_type, n in sorted(offered.items())}
 
 
 def scene_records(

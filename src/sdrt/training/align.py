@@ -118,6 +118,10 @@ class AlignConfig(BaseModel):
     # faithful analysis of a multi-hop question, so the answer can only be read from the text.
     # None: altered_share, in the draw order of the runs recorded before this field existed.
     multi_hop_altered_share: float | None = Field(default=None, ge=0, le=1)
+    # Step-2 multi-hop question types drawn against how often scenes offer them, so that rare
+    # types (same colour, counts by size or colour: a few percent of scenes' questions) are read
+    # about as often as common ones. False: the scene's own draw, as the recorded runs had it.
+    balance_multi_hop_types: bool = False
     bf16: bool = True  # bfloat16 autocast: about half the step time on CPUs with AVX512-BF16
     instruction_share: float = Field(default=0.7, ge=0, le=1)  # questions with the answer instruction
     checkpoint_every: int = Field(default=25, gt=0)
@@ -342,6 +346,17 @@ def _question_of_kind(scene: Any, rng: random.Random, kind: str) -> Any:
     return rng.choice(questions)
 
 
+def _type_balanced_question(scene: Any, rng: random.Random) -> Any:
+    """A multi-hop question of a type weighted by 1 / (share of scenes offering it)."""
+    from sdrt.data.scenes import question_type_shares, scene_questions
+
+    questions = scene_questions(scene, "multi-hop", None)
+    if not questions:  # a scene of one object: as the scene's own draw does
+        return _question_of_kind(scene, rng, "multi-hop")
+    shares = question_type_shares("multi-hop")
+    return rng.choices(questions, weights=[1 / shares[q.question_type] for q in questions])[0]
+
+
 def _reasoning_question(scene: Any, config: AlignConfig, rng: random.Random) -> tuple[Any, Any]:
     """The scene the step-2 analysis describes (the image's, or one fact changed) and its question."""
     from sdrt.data.scene_analyses import alter_scene
@@ -349,11 +364,15 @@ def _reasoning_question(scene: Any, config: AlignConfig, rng: random.Random) -> 
     def told(share: float) -> Any:
         return alter_scene(scene, rng) if rng.random() < share else scene
 
-    if config.multi_hop_altered_share is None:  # one share for both kinds, the recorded order
+    multi_hop_share = config.multi_hop_altered_share
+    if multi_hop_share is None and not config.balance_multi_hop_types:  # the recorded order
         shown = told(config.altered_share)
         return shown, _any_question(shown, rng, config.reasoning_multi_hop_share)
     kind = _question_kind(rng, config.reasoning_multi_hop_share)
-    shown = told(config.multi_hop_altered_share if kind == "multi-hop" else config.altered_share)
+    multi_hop = kind == "multi-hop"
+    shown = told(multi_hop_share if multi_hop and multi_hop_share is not None else config.altered_share)
+    if multi_hop and config.balance_multi_hop_types:
+        return shown, _type_balanced_question(shown, rng)
     return shown, _question_of_kind(shown, rng, kind)
 
 
@@ -497,15 +516,22 @@ def load_initial_weights(vlm: EmbeddedVLM, config: AlignConfig) -> None:
     note(config, f"initialised from {config.init_from}")
 
 
+# Options added after runs were recorded, with the default that leaves those runs as they were.
+LATER_OPTIONS: dict[str, Any] = {
+    "init_from": None,
+    "multi_hop_altered_share": None,
+    "balance_multi_hop_types": False,
+}
+
+
 def run_fingerprint(config: AlignConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it.
 
-    Options added later (``init_from``, ``multi_hop_altered_share``) count only when set, so a
-    run that leaves them unset has the fingerprint it had before they existed (and its
-    checkpoints stay resumable).
+    Options added later (LATER_OPTIONS) count only when set, so a run that leaves them at their
+    default has the fingerprint it had before they existed (and its checkpoints stay resumable).
     """
     excluded = {"out", "checkpoint_every", "log_every", "eval_questions", "threads", "command"}
-    excluded |= {name for name in ("init_from", "multi_hop_altered_share") if getattr(config, name) is None}
+    excluded |= {name for name, default in LATER_OPTIONS.items() if getattr(config, name) == default}
     return config.model_dump(mode="json", exclude=excluded)
 
 
