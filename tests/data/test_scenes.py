@@ -137,6 +137,23 @@ SOLVERS: dict[str, tuple[str, Callable[..., str]]] = {
         r"What shape is directly to the (left|right) of the (leftmost|rightmost) (small|large) shape\?",
         lambda s, d, e, size: _step(s, _extreme(s, e, size), d).shape,
     ),
+    "colour_beside_extreme": (
+        r"What color is the shape directly to the (left|right) of the (leftmost|rightmost) (small|large) "
+        r"shape\?",
+        lambda s, d, e, size: _step(s, _extreme(s, e, size), d).colour,
+    ),
+    "colour_beside_twice": (
+        r"What color is the shape directly to the (left|right) of the shape directly to the \1 of (the .+)\?",
+        lambda s, d, r: _step(s, _step(s, _resolve(s, r), d), d).colour,
+    ),
+    "shape_beside_twice": (
+        r"What shape is directly to the (left|right) of the shape directly to the \1 of (the .+)\?",
+        lambda s, d, r: _step(s, _step(s, _resolve(s, r), d), d).shape,
+    ),
+    "beside_same_colour": (
+        r"Is the shape directly to the (left|right) of (the .+?) the same color as (the .+)\?",
+        lambda s, d, r, other: _yes(_step(s, _resolve(s, r), d).colour == _resolve(s, other).colour),
+    ),
 }
 
 
@@ -182,7 +199,7 @@ def test_answers_are_short_lower_case_words_or_digits(records):
 
 
 def test_hops_follow_the_kind(records):
-    hops = {"describe": {0}, "single-hop": {1}, "multi-hop": {2, 3}}
+    hops = {"describe": {0}, "single-hop": {1}, "multi-hop": {2, 3}, "three-hop": {3}}
     for record in records:
         assert record.metadata["hops"] in hops[record.metadata["kind"]]
     assert {r.metadata["kind"] for r in records} == ALL_KINDS
@@ -275,7 +292,7 @@ def test_background_is_plain_and_light(scenes):
 
 def test_unknown_kind_and_bad_count():
     with pytest.raises(DataError, match="unknown scene question kind"):
-        scene_records(make_scenes(1, 0), kinds={"three-hop"})
+        scene_records(make_scenes(1, 0), kinds={"four-hop"})
     with pytest.raises(DataError, match=">= 0"):
         make_scenes(-1, 0)
 

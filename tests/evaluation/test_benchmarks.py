@@ -9,6 +9,7 @@ from sdrt.evaluation.metrics import METRICS
 
 SCENE_KINDS = {
     "scenes": ("multi-hop", {2, 3}),
+    "scenes-three-hop": ("three-hop", {3}),
     "scenes-single-hop": ("single-hop", {1}),
     "scenes-describe": ("describe", {0}),
 }

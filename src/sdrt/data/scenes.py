@@ -39,7 +39,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (130, 70, 20),
 }
 SIZES = ("small", "large")
-SCENE_KINDS = ("describe", "single-hop", "multi-hop")
+SCENE_KINDS = ("describe", "single-hop", "multi-hop", "three-hop")
 MIN_SHAPES, MAX_SHAPES = 2, 4
 DESCRIBE_QUESTION = "Describe the image."
 T = TypeVar("T")
@@ -480,19 +480,92 @@ def _exists_beside(view: _View, rng: random.Random) -> SceneQuestion | None:
     return SceneQuestion(text, _answer(flag), "exists_beside", 2)
 
 
-def _shape_beside_extreme(view: _View, rng: random.Random) -> SceneQuestion | None:
-    cases = [
-        (end, size, d, other)
-        for end in ("leftmost", "rightmost")
-        for size in SIZES
-        for d in ("left", "right")
-        if (obj := view.extreme(size, end)) is not None and (other := view.beside(obj, d)) is not None
-    ]
-    if not cases:
+def _beside_extreme(attribute: str, template: str, question_type: str) -> QuestionMaker:
+    """An attribute of the object beside the leftmost or rightmost object of a size (three hops)."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        cases = [
+            (end, size, d, other)
+            for end in ("leftmost", "rightmost")
+            for size in SIZES
+            for d in ("left", "right")
+            if (obj := view.extreme(size, end)) is not None and (other := view.beside(obj, d)) is not None
+        ]
+        if not cases:
+            return None
+        end, size, direction, other = rng.choice(cases)
+        text = template.format(direction=direction, end=end, size=size)
+        return SceneQuestion(text, getattr(other, attribute), question_type, 3)
+
+    return make
+
+
+_shape_beside_extreme = _beside_extreme(
+    "shape", "What shape is directly to the {direction} of the {end} {size} shape?", "shape_beside_extreme"
+)
+
+
+# Three hops, a harder kind of its own: two relations chained, or a relation and a second
+# reference compared, before the attribute is read. One-step answers must compose all three
+# inside one forward pass; a description written first leaves step 2 a lookup in text.
+
+
+def _beside_twice(attribute: str, template: str, question_type: str) -> QuestionMaker:
+    """An attribute of the object two steps to one side of a named one."""
+
+    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
+        cases = [
+            (ref, d, far)
+            for ref in view.references
+            for d in ("left", "right")
+            if (near := view.beside(ref.target, d)) is not None and (far := view.beside(near, d)) is not None
+        ]
+        if not cases:
+            return None
+        ref, direction, far = rng.choice(cases)
+        text = template.format(direction=direction, ref=ref.phrase)
+        return SceneQuestion(text, getattr(far, attribute), question_type, 3)
+
+    return make
+
+
+_colour_beside_twice = _beside_twice(
+    "colour",
+    "What color is the shape directly to the {direction} of the shape directly to the {direction} of {ref}?",
+    "colour_beside_twice",
+)
+_shape_beside_twice = _beside_twice(
+    "shape",
+    "What shape is directly to the {direction} of the shape directly to the {direction} of {ref}?",
+    "shape_beside_twice",
+)
+_colour_beside_extreme = _beside_extreme(
+    "colour",
+    "What color is the shape directly to the {direction} of the {end} {size} shape?",
+    "colour_beside_extreme",
+)
+
+
+def _beside_same_colour_cases(view: _View) -> Cases:
+    cases: Cases = {}
+    for ref in view.references:
+        for d in ("left", "right"):
+            neighbour = view.beside(ref.target, d)
+            for second in view.shape_refs() if neighbour is not None else []:
+                if second.target is not neighbour and second.target is not ref.target:
+                    answer = _answer(second.target.colour == neighbour.colour)
+                    cases.setdefault(answer, []).append((ref, d, second))
+    return cases
+
+
+def _beside_same_colour(view: _View, rng: random.Random) -> SceneQuestion | None:
+    """Whether the neighbour of one named object has the colour of another (named by shape)."""
+    picked = _balanced(view, rng, _beside_same_colour_cases)
+    if picked is None:
         return None
-    end, size, direction, other = rng.choice(cases)
-    text = f"What shape is directly to the {direction} of the {end} {size} shape?"
-    return SceneQuestion(text, other.shape, "shape_beside_extreme", 3)
+    answer, (ref, direction, second) = picked
+    text = f"Is the shape directly to the {direction} of {ref.phrase} the same color as {second.phrase}?"
+    return SceneQuestion(text, answer, "beside_same_colour", 3)
 
 
 SINGLE_HOP_MAKERS: tuple[QuestionMaker, ...] = (
@@ -520,12 +593,23 @@ MULTI_HOP_MAKERS: tuple[QuestionMaker, ...] = (
     _exists_beside,
     _shape_beside_extreme,
 )
+THREE_HOP_MAKERS: tuple[QuestionMaker, ...] = (
+    _colour_beside_twice,
+    _shape_beside_twice,
+    _colour_beside_extreme,
+    _beside_same_colour,
+)
+QUESTION_MAKERS = {
+    "single-hop": SINGLE_HOP_MAKERS,
+    "multi-hop": MULTI_HOP_MAKERS,
+    "three-hop": THREE_HOP_MAKERS,
+}
 
 
 def scene_questions(scene: Scene, kind: str, count: int | None) -> list[SceneQuestion]:
     """Up to ``count`` questions of one kind (None: every type the scene offers), each of a
     different type, chosen with the scene's seed; the first ``count`` do not depend on ``count``."""
-    makers = {"single-hop": SINGLE_HOP_MAKERS, "multi-hop": MULTI_HOP_MAKERS}[kind]
+    makers = QUESTION_MAKERS[kind]
     rng = random.Random(f"sdrt-questions/{scene.seed}/{scene.index}/{kind}")
     view = _View(scene)
     order = list(makers)
@@ -552,11 +636,12 @@ def question_type_shares(kind: str) -> dict[str, float]:
 def scene_records(
     scenes: Iterable[Scene], *, kinds: set[str], per_scene: int = 3, image_size: int = 128
 ) -> list[VQARecord]:
-    """Records of the chosen kinds: "describe" (hops 0), "single-hop" (1), "multi-hop" (2-3).
+    """Records of the chosen kinds: "describe" (hops 0), "single-hop" (1), "multi-hop" (2-3),
+    "three-hop" (3, the harder kind).
 
     Question numbers within a scene do not depend on ``kinds`` (0 is the description, then
-    ``per_scene`` single-hop slots, then multi-hop), so an id names the same question in every
-    selection.
+    ``per_scene`` single-hop slots, then ``per_scene`` multi-hop ones, then three-hop), so an id
+    names the same question in every selection.
     """
     unknown = set(kinds) - set(SCENE_KINDS)
     if unknown:
@@ -589,7 +674,7 @@ def _numbered_questions(
 ) -> Iterable[tuple[int, str, SceneQuestion]]:
     if "describe" in kinds:
         yield 0, "describe", SceneQuestion(DESCRIBE_QUESTION, scene.description, "describe", 0)
-    for offset, kind in ((1, "single-hop"), (1 + per_scene, "multi-hop")):
+    for offset, kind in ((1, "single-hop"), (1 + per_scene, "multi-hop"), (1 + 2 * per_scene, "three-hop")):
         if kind in kinds:
             for i, question in enumerate(scene_questions(scene, kind, per_scene)):
                 yield offset + i, kind, question

@@ -128,6 +128,15 @@ _BUILT_IN = (
         source="scenes:multi-hop",
     ),
     Benchmark(
+        "scenes-three-hop",
+        "exact_match",
+        "scene",
+        "test",
+        "generated scenes, three-hop questions: two relations chained, or a relation and a "
+        "comparison (built in)",
+        source="scenes:three-hop",
+    ),
+    Benchmark(
         "scenes-single-hop",
         "exact_match",
         "scene",
