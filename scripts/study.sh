@@ -9,6 +9,8 @@
 #   RETAINED="easy-vqa single-hop single-hop-more" ...   # and 1,500 more single-hop ones
 #   OVERLAYS="configs/ablations/ce-only.yaml configs/curve/snapshots.yaml" ...   # added to every
 #       training's configs; an adapter kept every N steps (snapshot_every) is scored on SPLIT too
+#   HELD_OUT=scenes-three-hop DISTILLED=scenes-three-hop WORK=runs/study-3hop ...   # three-hop
+#       questions: traced on training scenes, scored on held-out ones
 #   MODEL=embedded:runs/align-embedded-3/weights WORK=runs/study-align3 ...   # the study on the
 #       weights of another alignment run (every stage; its traces need their own WORK folder)
 #
@@ -45,6 +47,13 @@ DISTILLED=${DISTILLED:-scenes}
 # "easy-vqa single-hop", or with "single-hop-more" (1,500 more single-hop questions of the
 # scenes of traces-scenes-more.yaml).
 RETAINED=${RETAINED:-easy-vqa single-hop}
+# The held-out questions scored with every mode: "scenes" (multi-hop) or "scenes-three-hop" (the
+# harder kind; its training traces: DISTILLED=scenes-three-hop, in a WORK folder of its own).
+HELD_OUT=${HELD_OUT:-scenes}
+case "$HELD_OUT" in
+    scenes | scenes-three-hop) ;;
+    *) echo "HELD_OUT: unknown benchmark $HELD_OUT; known: scenes scenes-three-hop" >&2; exit 2 ;;
+esac
 # Config files laid over every training's own (the last word), e.g. cross-entropy only, or
 # snapshots for a learning curve.
 OVERLAYS=${OVERLAYS:-}
@@ -88,7 +97,7 @@ PROMPTS=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys
 K=$(($(tr -cd , <<<"$PROMPTS" | wc -c) + 1))
 COMMON=(--model "$MODEL" --limit "$N_EVAL" --prompts "$PROMPTS" --k "$K" --analysis-tokens 128 --batch-size 16 --dtype bfloat16)
 
-# evaluate OUT MODES...: the scene benchmarks on SPLIT (the multi-hop scenes with every mode,
+# evaluate OUT MODES...: the scene benchmarks on SPLIT (HELD_OUT with every mode,
 # single-hop with all but the ensemble); easy-vqa has no validation split, so it is scored (on
 # its test split) only in the test pass. Each file is kept once written.
 evaluate() {
@@ -99,8 +108,8 @@ evaluate() {
         if [ "${args[i]}" = --mode ] && [ "${args[i + 1]:-}" = ensemble ]; then i=$((i + 1)); continue; fi
         plain+=("${args[i]}")
     done
-    [ -f "$out-scenes.json" ] || $SDRT eval --benchmark scenes --split "$SPLIT" "${COMMON[@]}" "$@" \
-        --out "$out-scenes.json"
+    [ -f "$out-$HELD_OUT.json" ] || $SDRT eval --benchmark "$HELD_OUT" --split "$SPLIT" "${COMMON[@]}" "$@" \
+        --out "$out-$HELD_OUT.json"
     [ -f "$out-single-hop.json" ] || $SDRT eval --benchmark scenes-single-hop --split "$SPLIT" \
         "${COMMON[@]}" "${plain[@]}" --out "$out-single-hop.json"
     if [ "$SPLIT" = test ] && [ ! -f "$out-easy-vqa.json" ]; then

@@ -155,3 +155,16 @@ def test_model_reaches_every_stage_and_defaults_to_the_shipped_weights(tmp_path)
     assert all(call[call.index("--model") + 1] == "embedded:runs/align/weights" for call in staged)
     shipped = run_study(tmp_path / "shipped", RUNS="sdrt")
     assert {call[call.index("--model") + 1] for call in shipped if call[0] != "label-quality"} == {"embedded"}
+
+
+def test_three_hop_questions_are_traced_and_scored_with_every_mode(tmp_path):
+    import pytest
+
+    calls = run_study(tmp_path, RUNS="sdrt", HELD_OUT="scenes-three-hop", DISTILLED="scenes-three-hop")
+    assert calls[0][:3] == ["traces", "--config", "configs/study/traces-scenes-three-hop.yaml"]
+    ensembles = [call for call in calls if call[0] == "eval" and "ensemble" in call]
+    assert [call[call.index("--benchmark") + 1] for call in ensembles] == ["scenes-three-hop"]
+    evaluated = {call[call.index("--benchmark") + 1] for call in calls if call[0] == "eval"}
+    assert evaluated == {"scenes-three-hop", "scenes-single-hop"}
+    with pytest.raises(subprocess.CalledProcessError):
+        run_study(tmp_path, HELD_OUT="scenes-four-hop")
