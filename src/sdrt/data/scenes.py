@@ -199,8 +199,9 @@ class _View:
         """References by shape alone ("the circle"): they do not give a colour away."""
         return [ref for ref in self.references if ref.phrase == f"the {ref.target.shape}"]
 
-    def beside(self, obj: SceneObject, direction: str) -> SceneObject | None:
-        position = obj.position + (-1 if direction == "left" else 1)
+    def beside(self, obj: SceneObject, direction: str, steps: int = 1) -> SceneObject | None:
+        """The object ``steps`` places to the left (or right) of ``obj``, if the row has one."""
+        position = obj.position + steps * (-1 if direction == "left" else 1)
         return self.objects[position] if 0 <= position < len(self.objects) else None
 
     def side(self, obj: SceneObject, direction: str) -> tuple[SceneObject, ...]:
@@ -310,21 +311,21 @@ _shape_at_end = _at_end("shape", "What shape is the {} object?", "shape_at_end")
 # Multi-hop: resolve a reference, then follow a relation or compare, then read an attribute.
 
 
-def _beside(attribute: str, template: str, question_type: str) -> QuestionMaker:
-    """An attribute of the object directly left or right of a named one (two hops)."""
+def _beside(attribute: str, template: str, question_type: str, steps: int = 1) -> QuestionMaker:
+    """An attribute of the object ``steps`` places left or right of a named one (1 + steps hops)."""
 
     def make(view: _View, rng: random.Random) -> SceneQuestion | None:
         cases = [
             (ref, d, other)
             for ref in view.references
             for d in ("left", "right")
-            if (other := view.beside(ref.target, d)) is not None
+            if (other := view.beside(ref.target, d, steps)) is not None
         ]
         if not cases:
             return None
         ref, direction, other = rng.choice(cases)
         text = template.format(direction=direction, ref=ref.phrase)
-        return SceneQuestion(text, getattr(other, attribute), question_type, 2)
+        return SceneQuestion(text, getattr(other, attribute), question_type, 1 + steps)
 
     return make
 
@@ -510,34 +511,17 @@ _shape_beside_extreme = _beside_extreme(
 # inside one forward pass; a description written first leaves step 2 a lookup in text.
 
 
-def _beside_twice(attribute: str, template: str, question_type: str) -> QuestionMaker:
-    """An attribute of the object two steps to one side of a named one."""
-
-    def make(view: _View, rng: random.Random) -> SceneQuestion | None:
-        cases = [
-            (ref, d, far)
-            for ref in view.references
-            for d in ("left", "right")
-            if (near := view.beside(ref.target, d)) is not None and (far := view.beside(near, d)) is not None
-        ]
-        if not cases:
-            return None
-        ref, direction, far = rng.choice(cases)
-        text = template.format(direction=direction, ref=ref.phrase)
-        return SceneQuestion(text, getattr(far, attribute), question_type, 3)
-
-    return make
-
-
-_colour_beside_twice = _beside_twice(
+_colour_beside_twice = _beside(
     "colour",
     "What color is the shape directly to the {direction} of the shape directly to the {direction} of {ref}?",
     "colour_beside_twice",
+    steps=2,
 )
-_shape_beside_twice = _beside_twice(
+_shape_beside_twice = _beside(
     "shape",
     "What shape is directly to the {direction} of the shape directly to the {direction} of {ref}?",
     "shape_beside_twice",
+    steps=2,
 )
 _colour_beside_extreme = _beside_extreme(
     "colour",
