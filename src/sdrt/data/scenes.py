@@ -384,14 +384,19 @@ def _same_colour_cases(view: _View) -> Cases:
     return cases
 
 
+def _share_of_scenes(offers: Callable[[Scene], Iterable[str]]) -> dict[str, float]:
+    """Share of the statistics' scenes that offer each value (a value counted once per scene)."""
+    offered: Counter[str] = Counter()
+    for scene in make_scenes(AVAILABILITY_SCENES, AVAILABILITY_SEED):
+        offered.update(set(offers(scene)))
+    return {value: n / AVAILABILITY_SCENES for value, n in sorted(offered.items())}
+
+
 @functools.cache
 def _availability(cases_of: Callable[[_View], Cases]) -> dict[str, float]:
     """Share of scenes that offer each answer (those offered by at least MIN_AVAILABILITY)."""
-    offered: Counter[str] = Counter()
-    for scene in make_scenes(AVAILABILITY_SCENES, AVAILABILITY_SEED):
-        offered.update(answer for answer, cases in cases_of(_View(scene)).items() if cases)
-    shares = {answer: n / AVAILABILITY_SCENES for answer, n in offered.items()}
-    return {answer: share for answer, share in sorted(shares.items()) if share >= MIN_AVAILABILITY}
+    shares = _share_of_scenes(lambda scene: [a for a, cases in cases_of(_View(scene)).items() if cases])
+    return {answer: share for answer, share in shares.items() if share >= MIN_AVAILABILITY}
 
 
 def _balanced(view: _View, rng: random.Random, cases_of: Callable[[_View], Cases]) -> tuple[str, Any] | None:
@@ -535,7 +540,9 @@ def _beside_same_colour_cases(view: _View) -> Cases:
     for ref in view.references:
         for d in ("left", "right"):
             neighbour = view.beside(ref.target, d)
-            for second in view.shape_refs() if neighbour is not None else []:
+            if neighbour is None:
+                continue
+            for second in view.shape_refs():
                 if second.target is not neighbour and second.target is not ref.target:
                     answer = _answer(second.target.colour == neighbour.colour)
                     cases.setdefault(answer, []).append((ref, d, second))
@@ -611,10 +618,7 @@ def scene_questions(scene: Scene, kind: str, count: int | None) -> list[SceneQue
 @functools.cache
 def question_type_shares(kind: str) -> dict[str, float]:
     """Share of scenes that offer a question of each type of ``kind`` (on the statistics' seed)."""
-    offered: Counter[str] = Counter()
-    for scene in make_scenes(AVAILABILITY_SCENES, AVAILABILITY_SEED):
-        offered.update(question.question_type for question in scene_questions(scene, kind, None))
-    return {question_type: n / AVAILABILITY_SCENES for question_type, n in sorted(offered.items())}
+    return _share_of_scenes(lambda scene: [q.question_type for q in scene_questions(scene, kind, None)])
 
 
 def scene_records(
