@@ -7,7 +7,7 @@ Perception: easy-vqa (direct), single-hop scene questions (direct) and scene des
 text on multi-hop questions against the scene graph's (exact rate, object accuracy, length),
 and step 2's accuracy after an exactly right analysis apart from after any other (reading
 errors apart from seeing errors).
-Reasoning: multi-hop questions answered directly, by each dual-query prompt and by their
+Reasoning: multi-hop questions (``--kind three-hop``: the harder kind) answered directly, by each dual-query prompt and by their
 ensembles (majority, and weighted by each prompt's reliability as estimated from the answers
 alone), with bootstrap intervals and paired differences against direct, and the prompt
 subsets whose ensembles score best on these records (a choice for another split). Every mode answers
@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("validation", "test"), default="validation")
     parser.add_argument("--n", type=int, default=500, help="records per benchmark")
     parser.add_argument("--seed", type=int, default=0, help="scene and sample seed")
+    parser.add_argument(
+        "--kind",
+        choices=("multi-hop", "three-hop"),
+        default="multi-hop",
+        help="the scene questions reasoned on: multi-hop, or the harder three-hop kind",
+    )
     parser.add_argument("--weights", type=Path, default=None, help="weights folder (default: shipped)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--analysis-tokens", type=int, default=128)
@@ -61,13 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--records-out",
         type=Path,
         default=None,
-        help="every multi-hop record's answers (JSONL: direct, each prompt's analysis and answer)",
+        help="every reasoning record's answers (JSONL: direct, each prompt's analysis and answer)",
     )
     parser.add_argument(
         "--from-records",
         type=Path,
         default=None,
-        help="summarise the multi-hop answers a --records-out run kept, without the model",
+        help="summarise the reasoning answers a --records-out run kept, without the model",
     )
     parser.add_argument(
         "--baseline-records",
@@ -137,7 +143,7 @@ def perception(vlm: EmbeddedVLM, args: argparse.Namespace) -> dict[str, dict]:
 def reasoning(vlm: EmbeddedVLM, skills: dict[str, str], args: argparse.Namespace) -> dict:
     library = PromptLibrary.builtin()
     prompts = [library.get(prompt_id) for prompt_id in skills]
-    records = multi_hop_records(args)
+    records = reasoning_records(args)
     budget = GenerationBudget(analysis_tokens=args.analysis_tokens, answer_tokens=8)
     rows = []
     for chunk in batches(records, max(1, args.batch_size // len(prompts)) or 1):
@@ -156,8 +162,8 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def multi_hop_records(args: argparse.Namespace) -> list:
-    return load_records("scenes:multi-hop", split=args.split, limit=args.n, seed=args.seed)
+def reasoning_records(args: argparse.Namespace) -> list:
+    return load_records(f"scenes:{args.kind}", split=args.split, limit=args.n, seed=args.seed)
 
 
 def record_row(record, direct, dual) -> dict:
@@ -444,10 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split,
         "seed": args.seed,
         "dtype": args.dtype,
+        "kind": args.kind,
     }
     if args.from_records:
         rows = read_rows(args.from_records)
-        records, library = multi_hop_records(args), PromptLibrary.builtin()
+        records, library = reasoning_records(args), PromptLibrary.builtin()
         result["reasoning"] = reasoning_summary(rows, records, skills, library)
         if args.baseline_records:
             baseline = read_rows(args.baseline_records)

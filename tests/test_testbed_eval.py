@@ -21,7 +21,7 @@ def script() -> dict:
 def records(script):
     import argparse
 
-    return script["multi_hop_records"](argparse.Namespace(split="validation", n=40, seed=0))
+    return script["reasoning_records"](argparse.Namespace(split="validation", n=40, seed=0, kind="multi-hop"))
 
 
 def stored_rows(records, strong_wrong_every: int = 10) -> list[dict]:
@@ -84,6 +84,27 @@ def test_from_records_needs_no_model(script, records, tmp_path, monkeypatch) -> 
     out = tmp_path / "summary.json"
     assert script["main"](["--n", "40", "--from-records", str(stored), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["reasoning"]["modes"]["dual:strong"]["score"] == pytest.approx(0.9)
+
+
+def test_three_hop_kind_reasons_on_three_hop_records(script, records, tmp_path, monkeypatch) -> None:
+    """--kind three-hop summarises answers to the harder questions, and refuses multi-hop ones."""
+    import argparse
+
+    harder = script["reasoning_records"](argparse.Namespace(split="validation", n=40, seed=0, kind="three-hop"))
+    assert {r.metadata["hops"] for r in harder} == {3} and {r.id for r in harder}.isdisjoint(r.id for r in records)
+    monkeypatch.setitem(
+        script["main"].__globals__,
+        "read_weights",
+        lambda folder: ({"align_config": {"analysis_prompts": SKILLS}}, {}),
+    )
+    for rows, kind in ((harder, "three-hop"), (records, "multi-hop")):
+        stored = tmp_path / f"{kind}.jsonl"
+        stored.write_text("".join(json.dumps(r) + "\n" for r in stored_rows(rows)))
+        out = tmp_path / f"{kind}.json"
+        assert script["main"](["--n", "40", "--kind", kind, "--from-records", str(stored), "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["kind"] == kind
+    with pytest.raises(SystemExit, match="not this split's sample"):
+        script["main"](["--n", "40", "--kind", "three-hop", "--from-records", str(tmp_path / "multi-hop.jsonl")])
 
 
 def test_step_two_is_scored_apart_after_exact_analyses(script, records) -> None:

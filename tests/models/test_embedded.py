@@ -449,6 +449,37 @@ def test_balanced_step_2_reads_rare_multi_hop_types_about_as_often_as_common_one
     assert min(balanced.values()) >= 0.25 * max(balanced.values()), balanced  # 22 and 72 here
 
 
+def test_step_2_reads_three_hop_questions_only_from_altered_analyses():
+    """reasoning_three_hop_share: a share of step-2 multi-hop items asks the harder kind, each
+    answered on the scene its analysis tells of, and never beside its image's own description."""
+    from collections import Counter
+
+    from sdrt.data.scenes import THREE_HOP_MAKERS, description_objects, scene_questions
+
+    kinds: Counter = Counter()
+    three_hop_types: Counter = Counter()
+    faithful = 0
+    options = {"multi_hop_altered_share": 1.0, "reasoning_three_hop_share": 0.5, "balance_multi_hop_types": True}
+    for scene, item in description_step_2_items(60, 300, **options):
+        told, asked = told_scene(scene, item), item.prompt[-1][1]
+        matches = {
+            kind: [q for q in scene_questions(told, kind, None) if f": {q.question}\n" in asked]
+            for kind in ("single-hop", "multi-hop", "three-hop")
+        }
+        (kind,) = [kind for kind, found in matches.items() if found]
+        kinds[kind] += 1
+        assert {q.answer for q in matches[kind]} == {item.answer}
+        if kind == "three-hop":
+            three_hop_types[matches[kind][0].question_type] += 1
+            seen = [(o.size, o.colour, o.shape) for o in scene.objects]
+            faithful += description_objects(item.prompt[1][1]) == seen
+    chained = kinds["multi-hop"] + kinds["three-hop"]
+    assert 0.4 <= kinds["three-hop"] / chained <= 0.6, kinds  # scenes of one object fall back
+    assert len(three_hop_types) == len(THREE_HOP_MAKERS), three_hop_types  # the rare one included
+    # A swap of two identical objects leaves the text as it was: rare, never the rule.
+    assert faithful <= 0.03 * kinds["three-hop"]
+
+
 def test_reasoning_batches_of_recorded_runs_are_drawn_as_before():
     """Without multi_hop_altered_share the step-2 stream is the one the shipped weights saw."""
     import hashlib
@@ -622,6 +653,9 @@ def test_alignment_fingerprint_names_later_options_only_when_set(tmp_path):
     assert altered["multi_hop_altered_share"] == 1.0  # a resume with another share is refused
     balanced = alignment.run_fingerprint(alignment.AlignConfig(balance_multi_hop_types=True))
     assert balanced["balance_multi_hop_types"] is True
+    assert "reasoning_three_hop_share" not in unset
+    harder = alignment.run_fingerprint(alignment.AlignConfig(reasoning_three_hop_share=0.5))
+    assert harder["reasoning_three_hop_share"] == 0.5
 
 
 def test_bfloat16_runs_the_language_model_in_bfloat16_and_keeps_the_config_hash(vlm, images):

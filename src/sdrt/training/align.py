@@ -122,6 +122,10 @@ class AlignConfig(BaseModel):
     # types (same colour, counts by size or colour: a few percent of scenes' questions) are read
     # about as often as common ones. False: the scene's own draw, as the recorded runs had it.
     balance_multi_hop_types: bool = False
+    # Share of step-2 multi-hop questions drawn from the harder three-hop kind (two relations
+    # chained, or a relation and a comparison), read from an analysis under the same rules;
+    # like every multi-hop kind, alignment never answers them in one step. 0: as recorded runs.
+    reasoning_three_hop_share: float = Field(default=0.0, ge=0, le=1)
     bf16: bool = True  # bfloat16 autocast: about half the step time on CPUs with AVX512-BF16
     instruction_share: float = Field(default=0.7, ge=0, le=1)  # questions with the answer instruction
     checkpoint_every: int = Field(default=25, gt=0)
@@ -346,14 +350,14 @@ def _question_of_kind(scene: Any, rng: random.Random, kind: str) -> Any:
     return rng.choice(questions)
 
 
-def _type_balanced_question(scene: Any, rng: random.Random) -> Any:
-    """A multi-hop question of a type weighted by 1 / (share of scenes offering it)."""
+def _type_balanced_question(scene: Any, rng: random.Random, kind: str) -> Any:
+    """A question of ``kind`` of a type weighted by 1 / (share of scenes offering it)."""
     from sdrt.data.scenes import question_type_shares, scene_questions
 
-    questions = scene_questions(scene, "multi-hop", None)
+    questions = scene_questions(scene, kind, None)
     if not questions:  # a scene of one object: as the scene's own draw does
-        return _question_of_kind(scene, rng, "multi-hop")
-    shares = question_type_shares("multi-hop")
+        return _question_of_kind(scene, rng, kind)
+    shares = question_type_shares(kind)
     return rng.choices(questions, weights=[1 / shares[q.question_type] for q in questions])[0]
 
 
@@ -365,14 +369,17 @@ def _reasoning_question(scene: Any, config: AlignConfig, rng: random.Random) -> 
         return alter_scene(scene, rng) if rng.random() < share else scene
 
     multi_hop_share = config.multi_hop_altered_share
-    if multi_hop_share is None and not config.balance_multi_hop_types:  # the recorded order
-        shown = told(config.altered_share)
+    three_hop_share = config.reasoning_three_hop_share
+    if multi_hop_share is None and not config.balance_multi_hop_types and not three_hop_share:
+        shown = told(config.altered_share)  # the recorded order
         return shown, _any_question(shown, rng, config.reasoning_multi_hop_share)
     kind = _question_kind(rng, config.reasoning_multi_hop_share)
-    multi_hop = kind == "multi-hop"
-    shown = told(multi_hop_share if multi_hop and multi_hop_share is not None else config.altered_share)
-    if multi_hop and config.balance_multi_hop_types:
-        return shown, _type_balanced_question(shown, rng)
+    if kind == "multi-hop" and three_hop_share and rng.random() < three_hop_share:
+        kind = "three-hop"
+    chained = kind != "single-hop"
+    shown = told(multi_hop_share if chained and multi_hop_share is not None else config.altered_share)
+    if chained and config.balance_multi_hop_types:
+        return shown, _type_balanced_question(shown, rng, kind)
     return shown, _question_of_kind(shown, rng, kind)
 
 
@@ -521,6 +528,7 @@ LATER_OPTIONS: dict[str, Any] = {
     "init_from": None,
     "multi_hop_altered_share": None,
     "balance_multi_hop_types": False,
+    "reasoning_three_hop_share": 0.0,
 }
 
 
