@@ -7,11 +7,12 @@ Perception: easy-vqa (direct), single-hop scene questions (direct) and scene des
 text on multi-hop questions against the scene graph's (exact rate, object accuracy, length),
 and step 2's accuracy after an exactly right analysis apart from after any other (reading
 errors apart from seeing errors).
-Reasoning: multi-hop questions (``--kind three-hop``: the harder kind) answered directly, by each dual-query prompt and by their
-ensembles (majority, and weighted by each prompt's reliability as estimated from the answers
-alone), with bootstrap intervals and paired differences against direct, and the prompt
-subsets whose ensembles score best on these records (a choice for another split). Every mode answers
-the same seeded records; ``--split validation`` is for choosing, ``--split test`` for reporting.
+Reasoning: multi-hop questions (``--kind three-hop``: the harder kind) answered directly, by
+each dual-query prompt and by their ensembles (majority, and weighted by each prompt's
+reliability as estimated from the answers alone), with bootstrap intervals and paired
+differences against direct, and the prompt subsets whose ensembles score best on these records
+(a choice for another split). Every mode answers the same seeded records; ``--split
+validation`` is for choosing, ``--split test`` for reporting.
 ``--records-out`` keeps every record's answers; ``--from-records`` summarises them again
 without the model.
 """

@@ -90,8 +90,10 @@ def test_three_hop_kind_reasons_on_three_hop_records(script, records, tmp_path, 
     """--kind three-hop summarises answers to the harder questions, and refuses multi-hop ones."""
     import argparse
 
-    harder = script["reasoning_records"](argparse.Namespace(split="validation", n=40, seed=0, kind="three-hop"))
-    assert {r.metadata["hops"] for r in harder} == {3} and {r.id for r in harder}.isdisjoint(r.id for r in records)
+    sample = argparse.Namespace(split="validation", n=40, seed=0, kind="three-hop")
+    harder = script["reasoning_records"](sample)
+    assert {r.metadata["hops"] for r in harder} == {3}
+    assert {r.id for r in harder}.isdisjoint(r.id for r in records)
     monkeypatch.setitem(
         script["main"].__globals__,
         "read_weights",
@@ -101,10 +103,12 @@ def test_three_hop_kind_reasons_on_three_hop_records(script, records, tmp_path, 
         stored = tmp_path / f"{kind}.jsonl"
         stored.write_text("".join(json.dumps(r) + "\n" for r in stored_rows(rows)))
         out = tmp_path / f"{kind}.json"
-        assert script["main"](["--n", "40", "--kind", kind, "--from-records", str(stored), "--out", str(out)]) == 0
+        args = ["--n", "40", "--kind", kind, "--from-records", str(stored), "--out", str(out)]
+        assert script["main"](args) == 0
         assert json.loads(out.read_text())["kind"] == kind
     with pytest.raises(SystemExit, match="not this split's sample"):
-        script["main"](["--n", "40", "--kind", "three-hop", "--from-records", str(tmp_path / "multi-hop.jsonl")])
+        multi_hop = str(tmp_path / "multi-hop.jsonl")
+        script["main"](["--n", "40", "--kind", "three-hop", "--from-records", multi_hop])
 
 
 def test_step_two_is_scored_apart_after_exact_analyses(script, records) -> None:

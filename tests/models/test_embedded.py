@@ -459,8 +459,8 @@ def test_step_2_reads_three_hop_questions_only_from_altered_analyses():
     kinds: Counter = Counter()
     three_hop_types: Counter = Counter()
     faithful = 0
-    options = {"multi_hop_altered_share": 1.0, "reasoning_three_hop_share": 0.5, "balance_multi_hop_types": True}
-    for scene, item in description_step_2_items(60, 300, **options):
+    options = {"multi_hop_altered_share": 1.0, "reasoning_three_hop_share": 0.5}
+    for scene, item in description_step_2_items(60, 300, balance_multi_hop_types=True, **options):
         told, asked = told_scene(scene, item), item.prompt[-1][1]
         matches = {
             kind: [q for q in scene_questions(told, kind, None) if f": {q.question}\n" in asked]
