@@ -208,8 +208,12 @@ class _View:
         """Every object to the left (or right) of ``obj``, not only the adjacent one."""
         return self.objects[: obj.position] if direction == "left" else self.objects[obj.position + 1 :]
 
+    def besides(self, obj: SceneObject, steps: int = 1) -> list[tuple[str, SceneObject]]:
+        """(direction, object) for each side of ``obj`` that has an object ``steps`` places away."""
+        return [(d, other) for d in ("left", "right") if (other := self.beside(obj, d, steps)) is not None]
+
     def neighbours(self, obj: SceneObject) -> list[SceneObject]:
-        return [other for d in ("left", "right") if (other := self.beside(obj, d)) is not None]
+        return [other for _, other in self.besides(obj)]
 
     def extreme(self, size: str, end: str) -> SceneObject | None:
         """The leftmost (or rightmost) object of ``size``."""
@@ -315,12 +319,7 @@ def _beside(attribute: str, template: str, question_type: str, steps: int = 1) -
     """An attribute of the object ``steps`` places left or right of a named one (1 + steps hops)."""
 
     def make(view: _View, rng: random.Random) -> SceneQuestion | None:
-        cases = [
-            (ref, d, other)
-            for ref in view.references
-            for d in ("left", "right")
-            if (other := view.beside(ref.target, d, steps)) is not None
-        ]
+        cases = [(ref, d, other) for ref in view.references for d, other in view.besides(ref.target, steps)]
         if not cases:
             return None
         ref, direction, other = rng.choice(cases)
@@ -494,8 +493,8 @@ def _beside_extreme(attribute: str, template: str, question_type: str) -> Questi
             (end, size, d, other)
             for end in ("leftmost", "rightmost")
             for size in SIZES
-            for d in ("left", "right")
-            if (obj := view.extreme(size, end)) is not None and (other := view.beside(obj, d)) is not None
+            if (obj := view.extreme(size, end)) is not None
+            for d, other in view.besides(obj)
         ]
         if not cases:
             return None
@@ -538,10 +537,7 @@ _colour_beside_extreme = _beside_extreme(
 def _beside_same_colour_cases(view: _View) -> Cases:
     cases: Cases = {}
     for ref in view.references:
-        for d in ("left", "right"):
-            neighbour = view.beside(ref.target, d)
-            if neighbour is None:
-                continue
+        for d, neighbour in view.besides(ref.target):
             for second in view.shape_refs():
                 if second.target is not neighbour and second.target is not ref.target:
                     answer = _answer(second.target.colour == neighbour.colour)
