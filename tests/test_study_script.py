@@ -76,6 +76,30 @@ def test_every_sweep_config_is_a_valid_overlay_that_changes_the_study_adapter():
         assert changed != load_config(DistillConfig, base, **retained), sweep.name
 
 
+def test_the_retain_quarter_overlay_gives_a_control_the_data_mix_of_the_chosen_adapter():
+    from sdrt.config import load_config
+    from sdrt.distill.config import DistillConfig
+
+    root = Path(__file__).parents[1]
+    retained = {"retain": ["runs/study/traces-single-hop"]}
+    chosen = load_config(
+        DistillConfig,
+        [
+            root / "configs/study/sdrt.yaml",
+            root / "configs/sweep/positions-question-middle-retain-quarter.yaml",
+        ],
+        **retained,
+    )
+    plain = load_config(DistillConfig, root / "configs/study/lora-sft.yaml", **retained)
+    control = load_config(
+        DistillConfig,
+        [root / "configs/study/lora-sft.yaml", root / "configs/study/retain-quarter.yaml"],
+        **retained,
+    )
+    assert control.retain_share == chosen.retain_share is not None
+    assert control.model_copy(update={"retain_share": plain.retain_share}) == plain  # nothing else changes
+
+
 def test_more_multi_hop_traces_are_distilled_beside_the_first_set(tmp_path):
     import pytest
 
