@@ -14,19 +14,18 @@ from sdrt.traces.store import TraceStore
 SCRIPT = Path(__file__).parents[1] / "scripts" / "training_fit.py"
 
 
-def trace_rows(labels: dict[str, str], k: int = 2) -> list[dict]:
+def trace_rows(labels: dict[str, str]) -> list[dict]:
+    """One prompt row per example, the required fields and the ensemble answer (all the script reads)."""
     return [
         {
             "example_id": eid,
             "example_index": i,
-            "question": "q?",
-            "prompt_id": f"p{r}",
-            "prompt_rank": r,
+            "question": eid,
+            "prompt_id": "p",
+            "prompt_rank": 0,
             "ensemble_answer": label,
-            "prompt_weight": 1.0 / k,
         }
         for i, (eid, label) in enumerate(labels.items())
-        for r in range(k)
     ]
 
 
