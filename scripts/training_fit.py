@@ -1,16 +1,19 @@
 """Does an adapter fit what it was distilled on? Its answers on training questions, seen or not.
 
-    sdrt eval --benchmark scenes --split train --seed 1 --limit 500 --mode direct --mode adapter \\
+    sdrt eval --benchmark scenes --split train --seed 1 --limit 2000 --mode direct --mode adapter \\
         --adapter runs/study/sdrt --out runs/study/sdrt/train-results-scenes.json
     python scripts/training_fit.py runs/study/traces-scenes runs/study/sdrt/train-results-scenes.json
 
-The eval's questions are split by whether the trace folder holds them (the adapter was trained
-on their pseudo-labels) or not (unseen questions of the same training scenes). For the seen ones
-it reports how often the adapter's answer is its pseudo-label, against how often direct answers
-already are: an adapter that reproduces few more of its labels than the model did before
-training is underfitting, and more data would not help it; one that reproduces them but gains
-little on unseen questions does not generalise. Both groups also get the accuracy of direct and
-adapter answers against the references, with intervals (the references are never trained on).
+With the traces' own source, seed and limit the eval asks exactly the traced questions; another
+limit draws another sample. The eval's questions are split by whether the trace folder holds
+them (the adapter was trained on their pseudo-labels) or not (unseen questions of the same
+training scenes). For the seen ones it reports how often the adapter's answer is its
+pseudo-label, against how often direct answers already are: an adapter that reproduces few
+more of its labels than the model did before training is underfitting, and more data would not
+help it; one that reproduces them but gains little on unseen questions does not generalise.
+Both groups also get the accuracy of direct and adapter answers against the references, with
+intervals (the references are never trained on). Answers are compared by exact match, as the
+scene benchmarks score them.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from sdrt.traces.store import read_traces
 
 
 def pseudo_labels(traces: Path) -> dict[str, str]:
-    """Each traced example's ensemble answer (one per example; every prompt row carries it)."""
+    """Each traced example's ensemble answer (every prompt row carries it); unlabelled ones are left out."""
     table = read_traces(traces).select(["example_id", "ensemble_answer"])
-    return dict(zip(table["example_id"].to_pylist(), table["ensemble_answer"].to_pylist(), strict=True))
+    pairs = zip(table["example_id"].to_pylist(), table["ensemble_answer"].to_pylist(), strict=True)
+    return {example: label for example, label in pairs if label is not None}
 
 
 def paired_items(results: EvalResults) -> dict[str, tuple[ItemResult, ItemResult]]:
