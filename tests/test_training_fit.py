@@ -14,7 +14,7 @@ from sdrt.traces.store import TraceStore
 SCRIPT = Path(__file__).parents[1] / "scripts" / "training_fit.py"
 
 
-def trace_rows(labels: dict[str, str]) -> list[dict]:
+def trace_rows(labels: dict[str, str | None]) -> list[dict]:
     """One prompt row per example, the required fields and the ensemble answer (all the script reads)."""
     return [
         {
@@ -47,7 +47,7 @@ def item(mode: str, record: str, prediction: str, reference: str) -> ItemResult:
 
 def run(tmp_path, monkeypatch, capsys, items: list[ItemResult]) -> str:
     TraceStore(tmp_path / "traces").write_shard(
-        trace_rows({"a": "red", "b": "blue", "c": "green", "d": "red"})
+        trace_rows({"a": "red", "b": "blue", "c": "green", "d": "red", "z": None})
     )
     EvalResults(items=items).save(tmp_path / "train.json")
     monkeypatch.setattr(
@@ -69,12 +69,14 @@ def test_seen_questions_are_scored_against_their_pseudo_labels_and_unseen_ones_a
     items = [item("direct", r, direct[r], references[r]) for r in references]
     items += [item("adapter", r, adapter[r], references[r]) for r in references]
     items += [item("direct", "e", "no", "yes"), item("adapter", "e", "yes", "yes")]
+    # z was traced but got no label (no vote): not distilled, so it is scored with the unseen.
+    items += [item("direct", "z", "no", "no"), item("adapter", "z", "no", "no")]
     out = run(tmp_path, monkeypatch, capsys, items).splitlines()
     assert out[0].startswith("seen in distillation, n = 4: references: direct 0.250")
     assert "pseudo-labels: right 0.500" in out[1]
     assert "answer = pseudo-label: direct 0.250" in out[1] and "adapter 0.750" in out[1]
     assert "adapter − direct +0.500" in out[1]
-    assert out[2].startswith("unseen (same training scenes), n = 1: references: direct 0.000")
+    assert out[2].startswith("unseen (same training scenes), n = 2: references: direct 0.500")
     assert "adapter 1.000" in out[2]
 
 
