@@ -7,8 +7,13 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from sdrt.demo import SCENE_PROMPTS, DemoPlan, run_demo
+from sdrt.adapters.config import AdapterConfig, SkipConfig
+from sdrt.config import load_config
+from sdrt.demo import SCENE_PROMPTS, DemoPlan, distill_config, run_demo
+from sdrt.distill.config import DistillConfig
 from sdrt.evaluation.evaluate import EvalResults
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -37,6 +42,9 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         guard_examples=2,
         distill_steps=2,
         batch_size=4,
+        adapter=AdapterConfig(  # the study's placement, scaled to the two-layer tiny model
+            layers=[1], positions=["first_prompt:8", "last_prompt:4", "answer"], skip=SkipConfig(enabled=True)
+        ),
         work_dir=tmp_path / "runs",
         report_dir=tmp_path / "report",
     )
@@ -85,8 +93,27 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
 
 def test_the_demo_traces_the_prompts_the_study_chose():
     """One choice of scene prompts (made on validation scenes): the demo and the study agree."""
-    folder = Path(__file__).parents[1] / "configs" / "study"
+    folder = CONFIGS / "study"
     for source in ("scenes", "easy-vqa", "single-hop"):  # every traces config of the study
         study = yaml.safe_load((folder / f"traces-{source}.yaml").read_text())
         assert tuple(study["prompts"]) == SCENE_PROMPTS and study["k"] == len(SCENE_PROMPTS), source
     assert DemoPlan().prompts == SCENE_PROMPTS
+
+
+def test_the_demo_distils_the_adapter_the_study_chose(tmp_path):
+    """One choice of adapter, objective and batch mix (made on validation scenes): the demo's
+    distillation is the study's (configs/study/sdrt.yaml with the overlays the study ran)."""
+    study = load_config(
+        DistillConfig,
+        [
+            CONFIGS / "study" / "sdrt.yaml",
+            CONFIGS / "ablations" / "ce-only.yaml",
+            CONFIGS / "sweep" / "positions-question-middle-retain-quarter.yaml",
+        ],
+        retain=["runs/study/traces-single-hop"],  # the study names its retained traces by flag
+    )
+    demo = distill_config(DemoPlan(work_dir=tmp_path))
+    assert demo.adapter == study.adapter
+    assert demo.loss == study.loss and demo.retain_share == study.retain_share
+    assert demo.method == study.method and demo.lr == study.lr and demo.labels == study.labels
+    assert not demo.cache_teacher  # cross-entropy alone reads no teacher targets
