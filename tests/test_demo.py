@@ -42,6 +42,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         guard_examples=2,
         distill_steps=2,
         batch_size=4,
+        trace_batch_size=3,
         adapter=AdapterConfig(  # the study's placement, scaled to the two-layer tiny model
             layers=[1], positions=["first_prompt:8", "last_prompt:4", "answer"], skip=SkipConfig(enabled=True)
         ),

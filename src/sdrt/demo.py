@@ -80,12 +80,15 @@ class DemoPlan:
     k: int = 3
     analysis_tokens: int = 128  # a whole scene's description or count list fits
     train_easy_vqa: int = 64
-    train_scenes: int = 64  # multi-hop: the questions whose reasoning is distilled
+    train_scenes: int = 256  # multi-hop: the questions whose reasoning is distilled
     train_single_hop: int = 64
     eval_examples: int = 60  # held-out multi-hop scene questions
     guard_examples: int = 60  # held-out questions of each guard benchmark
-    distill_steps: int = 60
-    batch_size: int = 8
+    distill_steps: int = 200
+    batch_size: int = 8  # of distillation and evaluation
+    # examples per trace batch (K rows each): on a CPU a decode step over more rows costs less
+    # per row (docs/performance.md, scaling), and traces are most of the demo's time
+    trace_batch_size: int = 16
     adapter: AdapterConfig = field(default_factory=study_adapter)
     loss: LossWeights = field(default_factory=cross_entropy_only)
     retain_share: float | None = 0.25  # of every batch, from the retained questions (the study's)
@@ -112,7 +115,7 @@ def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
             prompts=list(plan.prompts),
             k=plan.k,
             analysis_tokens=plan.analysis_tokens,
-            batch_size=plan.batch_size,
+            batch_size=plan.trace_batch_size,
             out=folder,
             dtype=plan.dtype,
         )
