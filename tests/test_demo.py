@@ -66,6 +66,8 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
         assert float(cells[4]) == round(summary.score, 3), cells
     for c in results.comparisons:
         assert f"{c.benchmark}: {c.mode} − {c.baseline} = {c.difference:+.3f}" in text
+    assert "adapter: rank 4 at layers 1, positions first_prompt:8, last_prompt:4, answer" in text
+    assert "cross-entropy 1, KL 0; 2 steps of batch 4, 25% of each from the retained" in text
     for picture in ("score_vs_cost.png", "per_prompt.png", "training.png"):
         with Image.open(plan.report_dir / picture) as image:  # a real picture, not an empty file
             image.load()

@@ -252,6 +252,18 @@ def run_eval(plan: DemoPlan, model) -> EvalResults:
     return merged
 
 
+def adapter_note(plan: DemoPlan) -> str:
+    """What was distilled, in the report's words: placement, objective and schedule."""
+    layers = ", ".join(map(str, plan.adapter.layers)) if plan.adapter.layers else "four of the upper half"
+    retained = f"{plan.retain_share:.0%}" if plan.retain_share is not None else "a proportional share"
+    return (
+        f"adapter: rank {plan.adapter.rank} at layers {layers}, positions "
+        f"{', '.join(plan.adapter.positions)}; loss weights hidden {plan.loss.hidden:g}, "
+        f"cross-entropy {plan.loss.ce:g}, KL {plan.loss.kl:g}; {plan.distill_steps} steps of batch "
+        f"{plan.batch_size}, {retained} of each from the retained questions"
+    )
+
+
 def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
     plan.work_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(plan.model, LoadOptions(dtype=plan.dtype))
@@ -262,8 +274,8 @@ def run_demo(plan: DemoPlan = DemoPlan()) -> Path:
         f"model: {plan.model} ({plan.dtype}); K = {plan.k} prompts ({', '.join(plan.prompts[: plan.k])}); "
         f"traces on {plan.train_scenes} multi-hop scene training questions, distilled, and on "
         f"{plan.train_single_hop} single-hop scene and {plan.train_easy_vqa} easy-vqa ones, retained "
-        f"(trained on the model's own direct answers); no labels used; {plan.distill_steps} "
-        "distillation steps",
+        "(trained on the model's own direct answers); no labels used",
+        adapter_note(plan),
         f"held out: {plan.eval_examples} multi-hop scene questions (test scenes) scored with every "
         f"mode; the guards, {plan.guard_examples} single-hop scene and easy-vqa questions, with "
         "direct answers and the adapter",
