@@ -124,7 +124,7 @@ def trace_configs(plan: DemoPlan) -> dict[str, TraceConfig]:
 
 
 def distill_config(plan: DemoPlan) -> DistillConfig:
-    return DistillConfig(
+    config = DistillConfig(
         model=plan.model,
         traces=[plan.trace_dirs[DISTILLED]],
         retain=[folder for source, folder in plan.trace_dirs.items() if source != DISTILLED],
@@ -135,9 +135,10 @@ def distill_config(plan: DemoPlan) -> DistillConfig:
         steps=plan.distill_steps,
         batch_size=plan.batch_size,
         seed=plan.seed,
-        cache_teacher=plan.loss.hidden > 0 or plan.loss.kl > 0,  # teacher targets only if read
         dtype=plan.dtype,
     )
+    # teacher targets cached before the first step, where the loss reads them at all
+    return config.model_copy(update={"cache_teacher": config.reads_teachers})
 
 
 def trace_inputs(config: TraceConfig) -> dict[str, Any]:

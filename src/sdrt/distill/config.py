@@ -87,6 +87,16 @@ class DistillConfig(LoadOptions):
         None  # default <out>/teacher-cache; runs on the same traces may share one
     )
 
+    @property
+    def reads_teachers(self) -> bool:
+        """Whether the loss needs the reasoning teachers' targets.
+
+        The LoRA-SFT control and a cross-entropy-only run (the self-training control, the CE-only
+        ablation) do not: they skip the teacher forwards altogether.
+        """
+        gate = self.adapter.gate.enabled and self.loss.gate > 0
+        return self.method == "sdrt" and (self.loss.hidden > 0 or self.loss.kl > 0 or gate)
+
     @model_validator(mode="after")
     def _controls_are_cross_entropy(self) -> DistillConfig:
         if self.method == "lora-sft" and self.loss.ce == 0:

@@ -224,17 +224,6 @@ class DistillTrainer:
             self.prefix.put(ids, out.hidden_states, out.layout.attention_mask)
         return out
 
-    @property
-    def reads_teachers(self) -> bool:
-        """Whether the loss needs the reasoning teachers' targets.
-
-        The LoRA-SFT control and a cross-entropy-only run (the self-training control, the CE-only
-        ablation) do not: they skip the teacher forwards altogether.
-        """
-        c = self.config
-        gate = c.adapter.gate.enabled and c.loss.gate > 0
-        return c.method == "sdrt" and (c.loss.hidden > 0 or c.loss.kl > 0 or gate)
-
     def adapter_config(self) -> AdapterConfig:
         """The run's adapter settings, resolved for the model and pinned to it and the prompts."""
         pins = {
@@ -266,7 +255,7 @@ class DistillTrainer:
         share, then every process indexes what all of them wrote. Returns how many this process
         computed.
         """
-        if self.cache is None or not self.reads_teachers:
+        if self.cache is None or not self.config.reads_teachers:
             return 0
         rank, size = world()
         rows_per_batch = self.config.batch_size * len(self.examples[0].prompt_ids)
@@ -319,7 +308,7 @@ class DistillTrainer:
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
         prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
-        if not self.reads_teachers:  # cross-entropy on the pseudo-labels alone
+        if not self.config.reads_teachers:  # cross-entropy on the pseudo-labels alone
             out = self.student_forward(batch, images, prompts, labels)
             ce = answer_cross_entropy(out.answer_logits, out.answer_ids, out.answer_token_mask).mean()
             return c.loss.ce * ce, {"ce": float(ce.detach())}
