@@ -8,7 +8,8 @@
 #   DISTILLED="scenes scenes-more" WORK=runs/study-6k bash scripts/study.sh   # 6,000 multi-hop traces
 #   RETAINED="easy-vqa single-hop single-hop-more" ...   # and 1,500 more single-hop ones
 #   OVERLAYS="configs/ablations/ce-only.yaml configs/curve/snapshots.yaml" ...   # added to every
-#       training's configs; an adapter kept every N steps (snapshot_every) is scored on SPLIT too
+#       training's configs; an adapter kept every N steps (snapshot_every) is scored on SPLIT too;
+#       an overlay that sets what a sweep or ablation run itself changes is refused
 #   HELD_OUT=scenes-three-hop DISTILLED=scenes-three-hop WORK=runs/study-3hop ...   # three-hop
 #       questions: traced on training scenes, scored on held-out ones
 #   MODEL=embedded:runs/align-embedded-3/weights WORK=runs/study-align3 ...   # the study on the
@@ -77,6 +78,8 @@ for source in $RETAINED; do
     echo "RETAINED: no guard trace config configs/study/traces-$source.yaml" >&2
     exit 2
 done
+SDRT=${SDRT:-.venv/bin/sdrt}
+PYTHON=${PYTHON:-.venv/bin/python}
 for run in $RUNS; do  # a misspelt name would silently train nothing
     case " $ALL_RUNS $SWEEP_RUNS " in
         *" $run "*) ;;
@@ -86,11 +89,18 @@ for run in $RUNS; do  # a misspelt name would silently train nothing
         echo "RUNS: $run is a sweep run; sweeps choose settings on validation scenes, not test ones" >&2
         exit 2
     fi
+    case "$run" in  # an overlay must not undo what the run exists to change
+        ablation-*) own="configs/ablations/${run#ablation-}.yaml" ;;
+        sweep-*) own="configs/sweep/${run#sweep-}.yaml" ;;
+        *) own="" ;;
+    esac
+    if [ -n "$own" ] && [ ${#overlays[@]} -gt 0 ]; then
+        # shellcheck disable=SC2086  # OVERLAYS is a list of paths
+        "$PYTHON" scripts/overlay_conflicts.py "$run" "$own" $OVERLAYS || exit 2
+    fi
 done
 # The model every stage loads: the shipped embedded weights, or embedded:<folder> for others.
 MODEL=${MODEL:-embedded}
-SDRT=${SDRT:-.venv/bin/sdrt}
-PYTHON=${PYTHON:-.venv/bin/python}
 # The ensemble is evaluated with the prompts the traces were made with (one home: the config).
 PROMPTS=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["prompts"]))' \
     configs/study/traces-scenes.yaml)

@@ -192,3 +192,49 @@ def test_three_hop_questions_are_traced_and_scored_with_every_mode(tmp_path):
     assert evaluated == {"scenes-three-hop", "scenes-single-hop"}
     with pytest.raises(subprocess.CalledProcessError):
         run_study(tmp_path, HELD_OUT="scenes-four-hop")
+
+
+def test_an_overlay_that_undoes_what_a_run_changes_stops_the_study_and_names_the_fields(tmp_path):
+    """The CE-only loss laid over the KL loss sweep would silently train CE only."""
+    import sys
+
+    env = os.environ | {
+        "SDRT": str(tmp_path / "never-called"),
+        "PYTHON": sys.executable,
+        "WORK": str(tmp_path / "work"),
+        "RUNS": "sweep-loss-kl",
+        "OVERLAYS": "configs/sweep/positions-question-middle.yaml configs/ablations/ce-only.yaml",
+    }
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "configs/ablations/ce-only.yaml sets loss.hidden, loss.kl" in done.stderr
+    assert "positions-question-middle" not in done.stderr  # it sets nothing the sweep sets
+
+
+def test_an_overlay_that_leaves_a_runs_own_settings_alone_is_laid_over_it(tmp_path):
+    import sys
+
+    (tmp_path / "work").mkdir()  # the closing table reads it
+    calls = run_study(
+        tmp_path,
+        PYTHON=sys.executable,
+        RUNS="ablation-no-skip sweep-loss-kl",
+        OVERLAYS="configs/sweep/positions-question-middle-retain-quarter.yaml",
+    )
+    distills = [call for call in calls if call[0] == "distill"]
+    configs = [[call[i + 1] for i, flag in enumerate(call) if flag == "--config"] for call in distills]
+    overlay = "configs/sweep/positions-question-middle-retain-quarter.yaml"
+    assert configs == [
+        ["configs/study/sdrt.yaml", "configs/ablations/no-skip.yaml", overlay],
+        ["configs/study/sdrt.yaml", "configs/sweep/loss-kl.yaml", overlay],
+    ]
+
+
+def test_overridden_fields_are_compared_at_the_depth_the_deep_merge_replaces_them():
+    import runpy
+
+    overridden = runpy.run_path(str(SCRIPT.parent / "overlay_conflicts.py"))["overridden"]
+    own = {"loss": {"hidden": 1.0, "ce": 1.0, "kl": 0.5}, "adapter": {"rank": 4}}
+    assert overridden(own, {"loss": {"ce": 1.0}}) == []  # the same value changes nothing
+    assert overridden(own, {"loss": {"kl": 0.0}, "adapter": {"gate": {"enabled": True}}}) == ["loss.kl"]
+    assert overridden({"adapter": {"layers": [1, 2]}}, {"adapter": {"layers": [1, 3]}}) == ["adapter.layers"]
