@@ -80,6 +80,14 @@ for source in $RETAINED; do
 done
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
+# own_config RUN: the config an ablation or sweep run lays over the adapter's (what it changes);
+# nothing for the adapter and the controls
+own_config() {
+    case "$1" in
+        ablation-*) echo "configs/ablations/${1#ablation-}.yaml" ;;
+        sweep-*) echo "configs/sweep/${1#sweep-}.yaml" ;;
+    esac
+}
 for run in $RUNS; do  # a misspelt name would silently train nothing
     case " $ALL_RUNS $SWEEP_RUNS " in
         *" $run "*) ;;
@@ -89,11 +97,7 @@ for run in $RUNS; do  # a misspelt name would silently train nothing
         echo "RUNS: $run is a sweep run; sweeps choose settings on validation scenes, not test ones" >&2
         exit 2
     fi
-    case "$run" in  # an overlay must not undo what the run exists to change
-        ablation-*) own="configs/ablations/${run#ablation-}.yaml" ;;
-        sweep-*) own="configs/sweep/${run#sweep-}.yaml" ;;
-        *) own="" ;;
-    esac
+    own=$(own_config "$run")  # an overlay must not undo what the run exists to change
     if [ -n "$own" ] && [ ${#overlays[@]} -gt 0 ]; then
         # shellcheck disable=SC2086  # OVERLAYS is a list of paths
         "$PYTHON" scripts/overlay_conflicts.py "$run" "$own" $OVERLAYS || exit 2
@@ -158,11 +162,8 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
 }
 
 train sdrt configs/study/sdrt.yaml "${cache[@]}"
-for variant in no-skip uniform-weights ce-only hidden-only gate-on; do
-    train "ablation-$variant" configs/study/sdrt.yaml --config "configs/ablations/$variant.yaml" "${cache[@]}"
-done
-for run in $SWEEP_RUNS; do
-    train "$run" configs/study/sdrt.yaml --config "configs/sweep/${run#sweep-}.yaml" "${cache[@]}"
+for run in ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on $SWEEP_RUNS; do
+    train "$run" configs/study/sdrt.yaml --config "$(own_config "$run")" "${cache[@]}"
 done
 train lora-sft configs/study/lora-sft.yaml
 train self-training configs/study/self-training.yaml
