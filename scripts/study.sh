@@ -12,6 +12,8 @@
 #       an overlay that sets what a sweep or ablation run itself changes is refused
 #   HELD_OUT=scenes-three-hop DISTILLED=scenes-three-hop WORK=runs/study-3hop ...   # three-hop
 #       questions: traced on training scenes, scored on held-out ones
+#   RUNS=reference-labels SPLIT=test ...   # a diagnostic, never in the default list: the adapter
+#       trained on the multi-hop questions' reference answers (how much one pass can hold at all)
 #   MODEL=embedded:runs/align-embedded-3/weights WORK=runs/study-align3 ...   # the study on the
 #       weights of another alignment run (every stage; its traces need their own WORK folder)
 #
@@ -36,6 +38,8 @@ SPLIT=${SPLIT:-validation}
 N_EVAL=${N_EVAL:-500}
 STEPS=${STEPS:-600}
 ALL_RUNS="sdrt ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on lora-sft self-training"
+# Diagnostics, run only when named: they read the references, so they are not SDRT.
+DIAGNOSTIC_RUNS="reference-labels"
 # The sweep: the study's adapter with one setting changed (configs/sweep/<name>.yaml), named
 # sweep-<name>; validation only, since it is what the study's settings are chosen from.
 SWEEP_RUNS=$(for f in configs/sweep/*.yaml; do [ -e "$f" ] && printf 'sweep-%s ' "$(basename "$f" .yaml)"; done)
@@ -80,18 +84,19 @@ for source in $RETAINED; do
 done
 SDRT=${SDRT:-.venv/bin/sdrt}
 PYTHON=${PYTHON:-.venv/bin/python}
-# own_config RUN: the config an ablation or sweep run lays over the adapter's (what it changes);
-# nothing for the adapter and the controls
+# own_config RUN: the config an ablation, diagnostic or sweep run lays over the adapter's (what it
+# changes); nothing for the adapter and the controls
 own_config() {
     case "$1" in
         ablation-*) echo "configs/ablations/${1#ablation-}.yaml" ;;
         sweep-*) echo "configs/sweep/${1#sweep-}.yaml" ;;
+        reference-labels) echo "configs/study/reference-labels.yaml" ;;
     esac
 }
 for run in $RUNS; do  # a misspelt name would silently train nothing
-    case " $ALL_RUNS $SWEEP_RUNS " in
+    case " $ALL_RUNS $DIAGNOSTIC_RUNS $SWEEP_RUNS " in
         *" $run "*) ;;
-        *) echo "RUNS: unknown training '$run'; known: $ALL_RUNS $SWEEP_RUNS" >&2; exit 2 ;;
+        *) echo "RUNS: unknown training '$run'; known: $ALL_RUNS $DIAGNOSTIC_RUNS $SWEEP_RUNS" >&2; exit 2 ;;
     esac
     if [ "$SPLIT" = test ] && [ "${run#sweep-}" != "$run" ]; then
         echo "RUNS: $run is a sweep run; sweeps choose settings on validation scenes, not test ones" >&2
@@ -162,7 +167,8 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
 }
 
 train sdrt configs/study/sdrt.yaml "${cache[@]}"
-for run in ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on $SWEEP_RUNS; do
+for run in ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on \
+    $DIAGNOSTIC_RUNS $SWEEP_RUNS; do
     train "$run" configs/study/sdrt.yaml --config "$(own_config "$run")" "${cache[@]}"
 done
 train lora-sft configs/study/lora-sft.yaml

@@ -62,6 +62,21 @@ def test_sweep_runs_overlay_their_config_on_the_adapter_and_stay_out_of_the_test
         run_study(tmp_path, SPLIT="test", RUNS="sweep-rank-8")
 
 
+def test_the_reference_labels_diagnostic_runs_only_when_named_with_its_config_over_the_adapters(tmp_path):
+    from sdrt.config import load_config
+    from sdrt.distill.config import DistillConfig
+
+    calls = run_study(tmp_path, SPLIT="test", RUNS="reference-labels")
+    (distill,) = [call for call in calls if call[0] == "distill"]
+    assert distill[distill.index("--out") + 1].endswith("/reference-labels")
+    configs = [distill[i + 1] for i, flag in enumerate(distill) if flag == "--config"]
+    assert configs == ["configs/study/sdrt.yaml", "configs/study/reference-labels.yaml"]
+    root = Path(__file__).parents[1]
+    merged = load_config(DistillConfig, [root / c for c in configs])
+    assert merged.labels == "reference" and not merged.reads_teachers
+    assert sum(call[0] == "eval" and "--adapter" in call for call in calls) == 3  # scored like the rest
+
+
 def test_every_sweep_config_is_a_valid_overlay_that_changes_the_study_adapter():
     from sdrt.config import load_config
     from sdrt.distill.config import DistillConfig

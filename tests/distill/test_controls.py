@@ -132,6 +132,8 @@ def fresh_copy():
 def test_controls_refuse_teacher_losses():
     with pytest.raises(ValueError, match="labels=direct"):
         DistillConfig(labels="direct")  # the default loss has a hidden-state term
+    with pytest.raises(ValueError, match="labels=reference trains on the records' reference"):
+        DistillConfig(labels="reference", loss={"hidden": 0.0, "ce": 1.0, "kl": 0.5})
     with pytest.raises(ValueError, match="lora-sft"):
         DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
 
@@ -228,3 +230,36 @@ def test_the_trainer_draws_retain_share_of_each_batch_from_the_retained_question
     )
     run_distillation(cfg, own_model)
     assert [sum(i in retained_ids for i in batch) for batch in seen] == [2, 2, 2]  # of 3 against 8
+
+
+def test_reference_labels_train_the_distilled_questions_on_their_references_and_retain_the_rest(
+    own_model, trace_dir, make_traces, tmp_path
+):
+    from collections import Counter
+
+    from sdrt.distill.data import load_distill_examples
+    from sdrt.distill.trainer import labelled_examples
+
+    retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=4)
+    cfg = DistillConfig(
+        model="tiny:llava",
+        labels="reference",
+        loss={"hidden": 0.0, "ce": 1.0},
+        traces=trace_dir,
+        retain=retain,
+        out=tmp_path / "reference",
+        steps=2,
+        batch_size=4,
+        checkpoint_every=2,
+    )
+    examples, retained = labelled_examples(cfg, own_model)
+    voted = {ex.record.id: ex.pseudo_label for ex in load_distill_examples(trace_dir)}
+    references = {ex.record.id: Counter(ex.record.answers).most_common(1)[0][0] for ex in examples}
+    assert {ex.record.id: ex.pseudo_label for ex in examples} == references
+    assert references != voted  # the tiny model's votes are not the references: the swap is seen
+    direct = json.loads((tmp_path / "reference" / "direct_labels.json").read_text())
+    assert {ex.record.id: ex.pseudo_label for ex in retained} == direct  # the guards as before
+    assert set(direct) == {ex.record.id for ex in load_distill_examples(retain)}
+
+    result = run_distillation(cfg, own_model)
+    assert set(result.history[0].terms) == {"ce"}  # no teacher forwards for right labels either

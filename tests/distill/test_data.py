@@ -7,7 +7,7 @@ import logging
 import random
 from pathlib import Path
 
-from sdrt.distill.data import load_distill_examples
+from sdrt.distill.data import DistillDataError, load_distill_examples, with_reference_labels
 from sdrt.traces.store import TraceStore
 
 PROMPTS = ("strong", "weak_a", "weak_b", "weak_c", "weak_d")
@@ -114,3 +114,25 @@ def test_a_run_with_reliability_labels_trains_and_keeps_its_own_teacher_cache(
     }
     fingerprints = {labels: trainer._cache_fingerprint() for labels, trainer in trainers.items()}
     assert fingerprints["ensemble"] != fingerprints["reliability"]  # other labels, other teacher targets
+
+
+def test_reference_labels_take_the_most_common_reference_and_count_examples_without_any(trace_dir, caplog):
+    from dataclasses import replace
+
+    import pytest
+
+    examples = load_distill_examples(trace_dir)[:3]
+    first, second, third = examples
+    first = replace(first, record=replace(first.record, answers=["two", "three", "three"]))
+    second = replace(second, record=replace(second.record, answers=[]))
+    third = replace(third, record=replace(third.record, answers=["red"]))
+    with caplog.at_level(logging.WARNING):
+        relabelled = with_reference_labels([first, second, third])
+    assert [(ex.record.id, ex.pseudo_label) for ex in relabelled] == [
+        (first.record.id, "three"),
+        (third.record.id, "red"),
+    ]
+    assert relabelled[0].analyses == first.analyses  # only the label changes
+    assert "left out 1 examples without reference answers" in caplog.text
+    with pytest.raises(DistillDataError, match="no example has reference answers"):
+        with_reference_labels([second])

@@ -29,6 +29,11 @@ class LossWeights(StrictModel):
 
 
 DistillMethod = Literal["sdrt", "lora-sft"]
+# label sources that are not the reasoning's: the teachers were never forced on them
+UNREASONED_LABELS = {
+    "direct": "the model's own direct answers",
+    "reference": "the records' reference answers",
+}
 
 
 class DistillConfig(LoadOptions):
@@ -62,8 +67,10 @@ class DistillConfig(LoadOptions):
     # ensemble: the traces' pseudo-labels; reliability: the traces voted again, each prompt
     # weighted by its accuracy as estimated from its folder's answers (no labels read);
     # direct: the model's own direct answers (the self-training control: the same adapter and
-    # data, no reasoning; cross-entropy only)
-    labels: Literal["ensemble", "reliability", "direct"] = "ensemble"
+    # data, no reasoning; cross-entropy only); reference: the records' reference answers, a
+    # diagnostic, not SDRT (it reads labels): how much of the gain one pass can hold at all when
+    # every label is right (cross-entropy only)
+    labels: Literal["ensemble", "reliability", "direct", "reference"] = "ensemble"
 
     # optimisation
     lr: float = Field(default=2e-3, gt=0)
@@ -101,10 +108,11 @@ class DistillConfig(LoadOptions):
     def _controls_are_cross_entropy(self) -> DistillConfig:
         if self.method == "lora-sft" and self.loss.ce == 0:
             raise ValueError("method lora-sft trains with cross-entropy alone: loss.ce must be positive")
-        if self.labels == "direct" and (self.loss.hidden > 0 or self.loss.kl > 0) and self.method == "sdrt":
+        teachers = self.loss.hidden > 0 or self.loss.kl > 0
+        if self.labels in UNREASONED_LABELS and teachers and self.method == "sdrt":
             raise ValueError(
-                "labels=direct trains on the model's own direct answers: the reasoning teachers do not "
-                "apply, so set loss.hidden and loss.kl to 0 (cross-entropy only)"
+                f"labels={self.labels} trains on {UNREASONED_LABELS[self.labels]}: the reasoning teachers "
+                "do not apply, so set loss.hidden and loss.kl to 0 (cross-entropy only)"
             )
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,7 @@ class DistillDataError(ValueError):
 
 @dataclass
 class DistillExample:
-    record: VQARecord  # question and image; references are never used for training
+    record: VQARecord  # question and image; references train only the labels=reference diagnostic
     pseudo_label: str  # the ensemble answer
     prompt_ids: list[str]  # K, in prompt order
     analyses: list[str]  # K step-1 analyses
@@ -198,4 +199,23 @@ def with_direct_labels(
         log.warning("left out %d examples whose direct answer is empty", len(examples) - len(relabelled))
     if not relabelled:
         raise DistillDataError("every direct answer was empty: nothing to train on")
+    return relabelled
+
+
+def with_reference_labels(examples: list[DistillExample]) -> list[DistillExample]:
+    """The examples relabelled with their records' most common reference answer.
+
+    A diagnostic, not SDRT: the same one-pass student trained on right labels shows how much of
+    the reasoning's gain one pass can hold at all. Examples without references are left out and
+    counted.
+    """
+    relabelled = [
+        replace(ex, pseudo_label=Counter(ex.record.answers).most_common(1)[0][0])
+        for ex in examples
+        if ex.record.answers
+    ]
+    if len(relabelled) < len(examples):
+        log.warning("left out %d examples without reference answers", len(examples) - len(relabelled))
+    if not relabelled:
+        raise DistillDataError("no example has reference answers: labels=reference has nothing to train on")
     return relabelled

@@ -32,7 +32,12 @@ from sdrt.adapters.lora import LoRAAdapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.distill.config import DistillConfig
-from sdrt.distill.data import DistillExample, load_distill_examples, with_direct_labels
+from sdrt.distill.data import (
+    DistillExample,
+    load_distill_examples,
+    with_direct_labels,
+    with_reference_labels,
+)
 from sdrt.distill.losses import answer_cross_entropy, hidden_alignment, teacher_kl
 from sdrt.distill.prefix import FrozenPrefixCache
 from sdrt.distill.teacher import (
@@ -476,6 +481,25 @@ def traced_examples(
     return examples
 
 
+def labelled_examples(
+    config: DistillConfig, model: VisionLanguageModel
+) -> tuple[list[DistillExample], list[DistillExample]]:
+    """The distilled examples with the labels ``config.labels`` names, and the retained ones.
+
+    Retained examples always train on the model's own direct answers (their labels are not
+    voted), whatever the distilled ones train on.
+    """
+    examples = traced_examples(config, config.traces, model, config.min_agreement)
+    retained = traced_examples(config, config.retain, model, min_agreement=0.0)
+    if config.labels == "direct":  # the self-training control: every example on direct answers
+        examples, retained = [], examples + retained
+    elif config.labels == "reference":  # the diagnostic: right labels, the same student
+        examples = with_reference_labels(examples)
+    if retained:
+        retained = with_direct_labels(model, retained, config.out / "direct_labels.json")
+    return examples, retained
+
+
 SNAPSHOTS = "snapshots"
 
 
@@ -506,12 +530,7 @@ def run_distillation(
     init_distributed()
     rank, size = world()
     model = model or load_model(config.model, config.load_options)
-    examples = traced_examples(config, config.traces, model, config.min_agreement)
-    retained = traced_examples(config, config.retain, model, min_agreement=0.0)  # labels not voted
-    if config.labels == "direct":  # the self-training control: every example on direct answers
-        examples, retained = [], examples + retained
-    if retained:
-        retained = with_direct_labels(model, retained, config.out / "direct_labels.json")
+    examples, retained = labelled_examples(config, model)
     trainer = DistillTrainer(config, model, examples, retained=retained)
     if restart and rank == 0:
         shutil.rmtree(config.out / CHECKPOINTS, ignore_errors=True)
