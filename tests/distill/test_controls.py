@@ -138,21 +138,27 @@ def test_controls_refuse_teacher_losses():
         DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
 
 
+def retaining_config(traces, retain, out, **changes) -> DistillConfig:
+    """Two short steps of the tiny model on ``traces``, with ``retain`` kept on direct answers."""
+    return DistillConfig(
+        model="tiny:llava",
+        traces=traces,
+        retain=retain,
+        out=out,
+        steps=2,
+        batch_size=4,
+        checkpoint_every=2,
+        **changes,
+    )
+
+
 def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_ensemble(
     own_model, trace_dir, make_traces, tmp_path
 ):
     from sdrt.distill.data import load_distill_examples
 
     retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=4)
-    cfg = DistillConfig(
-        model="tiny:llava",
-        traces=trace_dir,
-        retain=retain,
-        out=tmp_path / "sdrt",
-        steps=2,
-        batch_size=4,
-        checkpoint_every=2,
-    )
+    cfg = retaining_config(trace_dir, retain, tmp_path / "sdrt")
     result = run_distillation(cfg, own_model)
     relabelled = json.loads((tmp_path / "sdrt" / "direct_labels.json").read_text())
     retained_ids = {ex.record.id for ex in load_distill_examples(retain)}
@@ -241,16 +247,8 @@ def test_reference_labels_train_the_distilled_questions_on_their_references_and_
     from sdrt.distill.trainer import labelled_examples
 
     retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=4)
-    cfg = DistillConfig(
-        model="tiny:llava",
-        labels="reference",
-        loss={"hidden": 0.0, "ce": 1.0},
-        traces=trace_dir,
-        retain=retain,
-        out=tmp_path / "reference",
-        steps=2,
-        batch_size=4,
-        checkpoint_every=2,
+    cfg = retaining_config(
+        trace_dir, retain, tmp_path / "reference", labels="reference", loss={"hidden": 0.0, "ce": 1.0}
     )
     examples, retained = labelled_examples(cfg, own_model)
     voted = {ex.record.id: ex.pseudo_label for ex in load_distill_examples(trace_dir)}
