@@ -167,9 +167,9 @@ train() {  # name, config, extra flags...: skipped unless RUNS names it
 }
 
 train sdrt configs/study/sdrt.yaml "${cache[@]}"
-for run in ablation-no-skip ablation-uniform-weights ablation-ce-only ablation-hidden-only ablation-gate-on \
-    $DIAGNOSTIC_RUNS $SWEEP_RUNS; do
-    train "$run" configs/study/sdrt.yaml --config "$(own_config "$run")" "${cache[@]}"
+for run in $ALL_RUNS $DIAGNOSTIC_RUNS $SWEEP_RUNS; do  # the adapter with one config laid over it
+    own=$(own_config "$run")
+    if [ -n "$own" ]; then train "$run" configs/study/sdrt.yaml --config "$own" "${cache[@]}"; fi
 done
 train lora-sft configs/study/lora-sft.yaml
 train self-training configs/study/self-training.yaml
