@@ -52,11 +52,14 @@ def measure_adapter(
     adapter = sdrt_adapter(model, trained)
     watch, answers = Stopwatch(), []
     with adapter.attached(model):
-        answer_direct(model, inputs.records[:1], model.encode_images(inputs.images[:1]), budget)  # warm-up
+        pause = adapter.pause_tokens
+        warm_up = model.encode_images(inputs.images[:1])
+        answer_direct(model, inputs.records[:1], warm_up, budget, pause_tokens=pause)
         for rows in batches(len(inputs.records), batch_size):
             with watch.timing(model.device):
                 encoded = model.encode_images(inputs.images[rows])
-                answers.extend(answer_direct(model, inputs.records[rows], encoded, budget))
+                batch = answer_direct(model, inputs.records[rows], encoded, budget, pause_tokens=pause)
+                answers.extend(batch)
     described = f"trained, {trained}" if trained else "identity (freshly built: the cost of a pass only)"
     return DirectRun(watch, answers, described)
 

@@ -140,6 +140,29 @@ def test_ask_with_an_adapter_answers_in_one_pass(image, tmp_path):
     assert_clean_error(other, "config hash")
 
 
+def test_ask_with_a_pause_adapter_opens_the_answer_with_its_slots(image, tmp_path, monkeypatch):
+    from sdrt.adapters.config import AdapterConfig
+    from sdrt.adapters.files import save_adapter
+    from sdrt.adapters.model import SDRTAdapter
+    from sdrt.ask import ask_question
+    from sdrt.models.hf import HFVisionLanguageModel
+    from sdrt.models.tiny import load_tiny_model
+    from sdrt.prompts.library import direct_prompt
+
+    config = AdapterConfig(layers=[1], rank=2, pause_tokens=3)
+    folder = save_adapter(SDRTAdapter.for_model(config, load_tiny_model("llava")), tmp_path / "adapter")
+    asked = []
+    real_generate = HFVisionLanguageModel.generate
+
+    def recording_generate(self, images, prompts, **kwargs):
+        asked.extend(prompts)
+        return real_generate(self, images, prompts, **kwargs)
+
+    monkeypatch.setattr(HFVisionLanguageModel, "generate", recording_generate)
+    ask_question("tiny:llava", image, "what color?", mode="adapter", adapter=folder)
+    assert asked == [direct_prompt("what color?", None, 3)]
+
+
 def test_ask_refuses_an_adapter_inside_a_reasoning_mode(image, tmp_path):
     from sdrt.adapters.config import AdapterConfig
     from sdrt.adapters.files import save_adapter

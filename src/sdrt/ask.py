@@ -41,12 +41,15 @@ def ask_question(
     for prompt_id in prompt_ids or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
     model = load_model(model_name, load)
+    pause = 0
     if adapter is not None:
         from sdrt.adapters.files import load_adapter
 
-        load_adapter(adapter, model).attach(model)
+        attached = load_adapter(adapter, model)
+        attached.attach(model)
+        pause = attached.pause_tokens
     elif kind == "adapter":
         raise ValueError("--mode adapter needs --adapter DIR")
     encoded = model.encode_images([picture])
     prompts = select_prompts(library, prompt_ids, k, record.task_type)
-    return answer_with_mode(model, [record], encoded, mode, prompts, library.get)[0]
+    return answer_with_mode(model, [record], encoded, mode, prompts, library.get, pause_tokens=pause)[0]

@@ -33,6 +33,21 @@ def test_masks_on_left_padded_layouts(spec, rows, expected, layout) -> None:
     assert marks(position_mask(spec, layout(rows))) == expected
 
 
+PAUSE_CASES = [
+    # with two pause slots (the last two prompt positions): the slots are always edited, and a
+    # prompt spec counts the prompt before them
+    ("last_prompt:2", ["..iittttaa", "iitttttaaa"], ["----xxxx--", "---xxxx---"]),
+    ("answer", ["..iittttaa", "iitttttaaa"], ["------xxxx", "-----xxxxx"]),
+    ("first_prompt:1", ["..iittttaa", "iitttttaaa"], ["----x-xx--", "--x--xx---"]),
+    ("last_prompt:1", ["..iitttt", ".iittttt"], ["-----xxx", "-----xxx"]),  # prefill rows
+]
+
+
+@pytest.mark.parametrize(("spec", "rows", "expected"), PAUSE_CASES)
+def test_pause_slots_are_edited_and_prompt_specs_count_before_them(spec, rows, expected, layout) -> None:
+    assert marks(position_mask(spec, layout(rows), pause=2)) == expected
+
+
 def test_row_alone_equals_row_inside_padded_batch(layout) -> None:
     alone = layout(["iitta"])
     batch = layout(["...iitta", "iiitttaa"])

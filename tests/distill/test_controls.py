@@ -138,6 +138,11 @@ def test_controls_refuse_teacher_losses():
         DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
 
 
+def test_lora_sft_has_no_pause_slots():
+    with pytest.raises(ValueError, match="pause_tokens are the SDRT adapter's"):
+        DistillConfig(method="lora-sft", loss={"hidden": 0.0, "ce": 1.0}, adapter={"pause_tokens": 4})
+
+
 def retaining_config(traces, retain, out, **changes) -> DistillConfig:
     """Two short steps of the tiny model on ``traces``, with ``retain`` kept on direct answers."""
     return DistillConfig(

@@ -13,7 +13,7 @@ from sdrt.adapters.files import load_adapter
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import DistillError, run_distillation, snapshot_folder
-from sdrt.prompts.library import PromptLibrary
+from sdrt.prompts.library import PromptLibrary, direct_prompt
 from sdrt.training.core import fingerprint_mismatch
 
 
@@ -284,6 +284,31 @@ def test_each_trace_folder_keeps_its_own_prompt_library(
                 args = (ex.record.question, analysis, ex.record.choices)
                 assert own.get(prompt_id).step2(*args) in scored, (folder.name, ex.record.id, prompt_id)
                 assert wrong.get(prompt_id).step2(*args) not in scored, (folder.name, ex.record.id, prompt_id)
+
+
+def test_the_student_opens_its_answer_with_the_adapters_pause_slots(
+    tiny_model, trace_dir, tmp_path, monkeypatch
+):
+    scored = []  # cross-entropy only: every conversation scored is the student's
+    real_score = tiny_model.score
+
+    def recording_score(images, prompts, *args, **kwargs):
+        scored.extend(prompts)
+        return real_score(images, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "score", recording_score)
+    settings = {"steps": 3, "lr": 2e-2, "warmup_steps": 0, "loss": {"hidden": 0.0, "ce": 1.0}}
+    # the slots' states enter below the top layer, so that the first slot can reach the answer
+    adapter = {"pause_tokens": 2, "layers": [0, 1], "skip": {"enabled": False}}
+    run_distillation(config(trace_dir, tmp_path, adapter=adapter, **settings), tiny_model)
+    questions = {
+        (ex.record.question, tuple(ex.record.choices or ())) for ex in load_distill_examples(trace_dir)
+    }
+    assert len(scored) == 3 * 2
+    for prompt in scored:
+        assert prompt[-1] == ("assistant", ". .")
+        assert any(prompt == direct_prompt(q, list(c) or None, 2) for q, c in questions), prompt
+    assert weights(tmp_path)["pause_states"].abs().sum(-1).gt(0).all()  # both slots learned
 
 
 def test_the_frozen_prefix_cache_trains_exactly_like_full_forwards(

@@ -276,3 +276,26 @@ def test_eval_config_defaults_to_easy_vqa_only_without_own_data():
 
     assert EvalConfig().benchmark_names == ["easy-vqa"]
     assert EvalConfig(data=[{"file": "x.jsonl", "metric": "exact_match"}]).benchmark_names == []
+
+
+def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, monkeypatch):
+    from sdrt.models.hf import HFVisionLanguageModel
+
+    model = load_tiny_model("llava")
+    config = AdapterConfig(layers=[1], rank=2, pause_tokens=2)
+    folder = save_adapter(SDRTAdapter.for_model(config, model), tmp_path / "adapter")
+    asked = []  # every prompt generated from, in order: the direct mode's, then the adapter's
+    real_generate = HFVisionLanguageModel.generate
+
+    def recording_generate(self, images, prompts, **kwargs):
+        asked.extend(prompts)
+        return real_generate(self, images, prompts, **kwargs)
+
+    monkeypatch.setattr(HFVisionLanguageModel, "generate", recording_generate)
+    args = ["--benchmark", "easy-vqa", "--limit", "3", "--mode", "direct", "--mode", "adapter"]
+    run_eval(tmp_path, *args, "--adapter", str(folder))
+    direct, adapter = asked[:3], asked[3:]
+    assert len(adapter) == 3
+    assert all(prompt[-1][0] == "user" for prompt in direct)
+    for prompt, plain in zip(adapter, direct, strict=True):
+        assert prompt == [*plain, ("assistant", ". .")]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from generation_checks import assert_same_generations
+from generation_checks import assert_answer_opens_with_pause_marks, assert_same_generations
 from PIL import Image, ImageDraw
 
 from sdrt.data.records import DataError
@@ -794,3 +794,7 @@ def test_stopped_rows_leave_the_decode_steps_and_tokens_do_not_change(vlm, image
     if min(lengths) == max(lengths):
         pytest.skip("no row stopped before another with these weights")
     assert widths[0] == 4 and min(widths) == sum(n > min(lengths) for n in lengths)
+
+
+def test_an_opened_answer_is_continued_after_its_pause_marks(vlm, images):
+    assert_answer_opens_with_pause_marks(vlm, images[0])

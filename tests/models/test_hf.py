@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from generation_checks import assert_same_generations
+from generation_checks import assert_answer_opens_with_pause_marks, assert_same_generations
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdrt.models.base import EncodedImage, Generation, ModelError, TokenLayout
@@ -430,3 +430,7 @@ def test_two_step_generation_recomputes_while_a_hook_is_attached(tiny_model, ima
             second_tokens=2,
         )
     assert len(calls) == 2  # both steps through the plain path, where hooks see whole forwards
+
+
+def test_an_opened_answer_is_continued_after_its_pause_marks(tiny_model, image):
+    assert_answer_opens_with_pause_marks(tiny_model, image)

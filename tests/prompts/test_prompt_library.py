@@ -110,6 +110,14 @@ def test_direct_prompt_matches_the_standard_instructions() -> None:
     assert CHOICE_INSTRUCTION == "Answer with the option's letter from the given choices directly."
 
 
+def test_pause_slots_open_the_answer_turn_after_the_direct_question() -> None:
+    question = direct_prompt("Colour?", ["red", "blue"])
+    assert direct_prompt("Colour?", ["red", "blue"], pause_tokens=0) == question
+    assert direct_prompt("Colour?", ["red", "blue"], pause_tokens=3) == [*question, ("assistant", ". . .")]
+    with pytest.raises(ValueError, match="pause_tokens must be >= 0"):
+        direct_prompt("Colour?", pause_tokens=-1)
+
+
 def test_literal_braces_and_analysis_with_braces_survive() -> None:
     prompt = make_prompt(step1="Use {{x}} for unknowns: {question}")
     assert prompt.step1("Q?") == [("user", "Use {x} for unknowns: Q?")]

@@ -50,6 +50,10 @@ class AdapterConfig(BaseModel):
     skip: SkipConfig = Field(default_factory=SkipConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Pause slots: the student's prompt opens its answer with this many marks, and the adapter
+    # adds a learned state to each at its lowest layer: extra positions to compute on in the one
+    # pass (Goyal et al., 2024, "Think before you speak"). 0: none.
+    pause_tokens: int = Field(default=0, ge=0, le=64)
     base_model: str = ""
     base_model_config_hash: str = ""
     prompt_library_hash: str = ""

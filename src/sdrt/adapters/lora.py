@@ -87,6 +87,11 @@ class LoRAAdapter:
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def pause_tokens(self) -> int:
+        """LoRA edits every position it has; its prompts open no pause slots."""
+        return 0
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from sdrt.adapters.config import AdapterConfig, AdapterError, check_against_model
 from sdrt.adapters.intervention import LoReFTIntervention, MixedLoReFT
-from sdrt.adapters.positions import parse_position_specs, position_mask
+from sdrt.adapters.positions import parse_position_specs, pause_slots, position_mask
 from sdrt.adapters.skip import CrossModalSkip
 from sdrt.adapters.weighting import PromptGate, check_prompt_weights, gate_loss, pool_prompt_states
 from sdrt.models.base import TokenLayout, VisionLanguageModel
@@ -83,6 +83,10 @@ class SDRTAdapter(nn.Module):
         self.skip: CrossModalSkip | None = None
         if config.skip.enabled:
             self.skip = CrossModalSkip(d, config.skip.rank, r, self.layers)
+        # learned states added at the pause slots' positions at the lowest layer; zero at first
+        self.pause_states: nn.Parameter | None = None
+        if config.pause_tokens:
+            self.pause_states = nn.Parameter(torch.zeros(config.pause_tokens, d))
         self._gate_weights: dict[int, torch.Tensor] = {}  # layer -> (B, K), kept for decode steps
         self._gate_override: torch.Tensor | None = None
         self._handle: AdapterHandle | None = None
@@ -189,9 +193,12 @@ class SDRTAdapter(nn.Module):
     def _edit_hook(self, layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
         decode = is_decode_step(layout)
         weights = self._mixing_weights(layer, hidden, layout, decode)  # (B, K) or None
-        mask = position_mask(self.position_specs, layout).to(hidden.device)  # (B, L)
+        given = hidden
+        if self.pause_states is not None and layer == self.layers[0] and not decode:
+            hidden = self._with_pause_states(hidden, layout)
+        mask = position_mask(self.position_specs, layout, self.pause_tokens).to(hidden.device)  # (B, L)
         if not bool(mask.any()):
-            return None
+            return None if hidden is given else hidden
         rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
         picked = hidden[rows, cols]  # (N, d)
         context = self._skip_context(layer, layout, rows, cols, hidden.shape[0])  # (N, r) or None
@@ -201,6 +208,21 @@ class SDRTAdapter(nn.Module):
         else:
             edited = intervention(picked, weights[rows], context)
         return hidden.index_put((rows, cols), edited)  # (B, L, d)
+
+    def _with_pause_states(self, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """``hidden`` with the i-th learned pause state added at each row's i-th pause slot."""
+        slots = pause_slots(layout, self.pause_tokens).to(hidden.device)  # (B, L)
+        rows, cols = slots.nonzero(as_tuple=True)  # (N,), (N,)
+        # a row whose prompt is shorter than the slots holds only the last ones
+        first = self.pause_tokens - slots.sum(1)  # (B,)
+        which = first[rows] + slots.long().cumsum(1)[rows, cols] - 1  # (N,) slot index
+        added = hidden[rows, cols].float() + self.pause_states[which]  # (N, d)
+        return hidden.index_put((rows, cols), added.to(hidden.dtype))
+
+    @property
+    def pause_tokens(self) -> int:
+        """Pause marks the adapter's prompts open their answer with (``direct_prompt``)."""
+        return self.config.pause_tokens
 
     def _skip_context(
         self, layer: int, layout: TokenLayout, rows: torch.Tensor, cols: torch.Tensor, batch: int

@@ -13,6 +13,10 @@ A spec is a short string, so that configs stay plain data:
 A list of specs edits the union. Every mask comes from the layout, which already accounts for
 left padding, so a row edits the same tokens whether it runs alone or inside a padded batch.
 Edits at the same positions in ``score`` and in ``generate`` keep training and inference alike.
+
+An adapter with pause slots (``pause``: the prompt's last positions, where its answer opens
+with pause marks) edits them too, and its prompt specs count without them: ``last_prompt:4``
+is still the end of the chat template's turn, as it is for the adapter without slots.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def parse_position_specs(specs: str | Sequence[str]) -> list[PositionSpec]:
     return parsed
 
 
-def _one_mask(spec: PositionSpec, layout: TokenLayout) -> torch.Tensor:
+def _one_mask(spec: PositionSpec, layout: TokenLayout, pause: int) -> torch.Tensor:
     real = layout.attention_mask.bool()  # (B, L)
     if spec.kind == "answer":
         return layout.answer_mask.bool() & real
@@ -78,7 +82,14 @@ def _one_mask(spec: PositionSpec, layout: TokenLayout) -> torch.Tensor:
         return real & ~layout.image_mask.bool()
     if spec.kind == "first_prompt":
         return first_text_after_image(layout, spec.count)
-    return layout.last_prompt_positions(spec.count).bool()
+    return layout.last_prompt_positions(spec.count + pause).bool() & ~pause_slots(layout, pause)
+
+
+def pause_slots(layout: TokenLayout, pause: int) -> torch.Tensor:
+    """(B, L) mask of each row's last ``pause`` prompt positions (none in a decode step)."""
+    if pause == 0:
+        return torch.zeros_like(layout.attention_mask, dtype=torch.bool)
+    return layout.last_prompt_positions(pause).bool()
 
 
 def first_text_after_image(layout: TokenLayout, n: int) -> torch.Tensor:
@@ -90,12 +101,13 @@ def first_text_after_image(layout: TokenLayout, n: int) -> torch.Tensor:
 
 
 def position_mask(
-    spec: str | PositionSpec | Sequence[str | PositionSpec], layout: TokenLayout
+    spec: str | PositionSpec | Sequence[str | PositionSpec], layout: TokenLayout, pause: int = 0
 ) -> torch.Tensor:
-    """(B, L) bool mask of the positions selected by ``spec`` (a union if several)."""
+    """(B, L) bool mask of the positions selected by ``spec`` (a union if several), and of the
+    last ``pause`` prompt positions, an adapter's pause slots."""
     items = [spec] if isinstance(spec, str | PositionSpec) else list(spec)
     parsed = [item if isinstance(item, PositionSpec) else parse_position_spec(item) for item in items]
-    mask = torch.zeros_like(layout.attention_mask, dtype=torch.bool)  # (B, L)
+    mask = pause_slots(layout, pause)  # (B, L)
     for one in parsed:
-        mask |= _one_mask(one, layout)
+        mask |= _one_mask(one, layout, pause)
     return mask

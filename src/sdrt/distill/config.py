@@ -117,6 +117,15 @@ class DistillConfig(LoadOptions):
         return self
 
     @model_validator(mode="after")
+    def _pause_slots_are_sdrt(self) -> DistillConfig:
+        if self.method == "lora-sft" and self.adapter.pause_tokens:
+            raise ValueError(
+                "adapter.pause_tokens are the SDRT adapter's learned positions; method lora-sft "
+                "has none: set it to 0 or train method sdrt"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _retain_share_has_retained_rows(self) -> DistillConfig:
         if self.retain_share is not None and not self.retain:
             raise ValueError("retain_share mixes retained examples into every batch: name them in retain")

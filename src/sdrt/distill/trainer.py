@@ -311,7 +311,8 @@ class DistillTrainer:
     def micro_step_loss(self, batch: list[DistillExample]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
-        prompts = [direct_prompt(ex.record.question, ex.record.choices) for ex in batch]
+        pause = self.adapter.pause_tokens
+        prompts = [direct_prompt(ex.record.question, ex.record.choices, pause) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
         if not self.config.reads_teachers:  # cross-entropy on the pseudo-labels alone
             out = self.student_forward(batch, images, prompts, labels)

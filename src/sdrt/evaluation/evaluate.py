@@ -120,8 +120,10 @@ def evaluate_mode(
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     on_progress: Callable[[int], None] | None = None,
+    pause_tokens: int = 0,
 ) -> list[ItemResult]:
     """``prompt_ids``: the ensemble's prompts (default: the first ``k`` suited to the benchmark).
+    ``pause_tokens``: the attached adapter's pause slots (mode ``adapter``).
 
     ``batch_size`` None: chosen from free GPU memory for this mode's rows (8 on a CPU).
     """
@@ -147,6 +149,7 @@ def evaluate_mode(
             budget,
             strategy,
             open_ended=benchmark.prompt_style == "open",
+            pause_tokens=pause_tokens,
         )
         seconds = (time.perf_counter() - began) / len(batch)
         for row, record, answer in zip(rows, batch, answers, strict=True):
@@ -307,6 +310,7 @@ def evaluate(
                     budget=budget,
                     strategy=strategy,
                     on_progress=advance,
+                    pause_tokens=adapter.pause_tokens if use_adapter else 0,
                 )
             by_mode[mode] = items
             results.items.extend(items)

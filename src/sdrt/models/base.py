@@ -41,6 +41,12 @@ def as_conversation(prompt: Prompt) -> Conversation:
     return [("user", prompt)] if isinstance(prompt, str) else list(prompt)
 
 
+def opens_answer(conversation: Conversation) -> bool:
+    """Whether a conversation ends in an assistant turn: the start of the answer, which the
+    model continues (rendered without an end of turn), rather than a finished earlier turn."""
+    return bool(conversation) and conversation[-1][0] == "assistant"
+
+
 @dataclass
 class EncodedImage:
     """An image already run through a backend's preprocessing (and vision tower, if it can).

@@ -42,6 +42,7 @@ from sdrt.models.base import (
     VisionLanguageModel,
     as_conversation,
     continuation,
+    opens_answer,
 )
 from sdrt.models.smollm import load_smollm
 from sdrt.models.vision import FEATURE_DIM, VisionEncoder, feature_dim
@@ -274,7 +275,10 @@ class EmbeddedVLM(VisionLanguageModel):
             raise ModelError(f"{self.name}: prompt has no user turn to hold the image")
         if messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        opened = opens_answer(turns)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=not opened, continue_final_message=opened
+        )
 
     def encode_images(self, images: Sequence[Image.Image | str | Path]) -> list[EncodedImage]:
         """Pooled trunk features per image (cached on disk); the projector runs later, per forward."""

@@ -46,6 +46,7 @@ from sdrt.models.base import (
     VisionLanguageModel,
     as_conversation,
     continuation,
+    opens_answer,
 )
 
 BACKEND = "hf"
@@ -299,8 +300,12 @@ class HFVisionLanguageModel(VisionLanguageModel):
     def render_prompt(self, prompt: Prompt) -> str:
         if not getattr(self.processor, "chat_template", None):
             raise ModelError(f"{self.name}: the processor has no chat template")
-        messages = _chat_messages(as_conversation(prompt), self.name)
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turns = as_conversation(prompt)
+        messages = _chat_messages(turns, self.name)
+        opened = opens_answer(turns)
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=not opened, continue_final_message=opened, tokenize=False
+        )
 
     def _prompt_ids(self, prompt: Prompt, image: HFImageFeatures) -> list[int]:
         text = self.render_prompt(prompt)

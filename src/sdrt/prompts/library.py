@@ -52,6 +52,9 @@ PLACEHOLDERS: frozenset[str] = frozenset({"question", "options", "analysis"})
 RENDER_VERSION = 1
 """Bump when the rendering rules change, so that every recorded content hash changes with them."""
 
+PAUSE_MARK = "."
+"""What stands at a pause slot in the text; the adapter adds its learned state there, so any
+one-token mark that means nothing serves."""
 OPTION_LETTERS = string.ascii_uppercase
 _ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 BUILTIN_FILE = "builtin.yaml"
@@ -78,13 +81,28 @@ def answer_instruction(choices: Sequence[str] | None) -> str:
     return CHOICE_INSTRUCTION if choices else SHORT_ANSWER_INSTRUCTION
 
 
-def direct_prompt(question: str, choices: Sequence[str] | None = None) -> Conversation:
-    """The no-reasoning baseline: question, options if any, and the standard answer instruction."""
+def direct_prompt(question: str, choices: Sequence[str] | None = None, pause_tokens: int = 0) -> Conversation:
+    """The no-reasoning baseline: question, options if any, and the standard answer instruction.
+
+    ``pause_tokens`` > 0 opens the answer with that many pause marks (an unfinished assistant
+    turn the answer continues): the positions where an adapter with pause slots writes its
+    learned states, so the one pass has room to compute before the first answer token.
+    """
     lines = [_clean_question(question)]
     if choices:
         lines.append(format_options(choices))
     lines.append(answer_instruction(choices))
-    return [("user", "\n".join(lines))]
+    return [("user", "\n".join(lines)), *pause_turn(pause_tokens)]
+
+
+def pause_turn(count: int) -> Conversation:
+    """The opened answer turn of ``count`` pause marks (none for 0), to end a conversation with.
+
+    Spaced full stops: one token each in the tokenizers sdrt's backends use.
+    """
+    if count < 0:
+        raise ValueError(f"pause_tokens must be >= 0, got {count}")
+    return [("assistant", " ".join([PAUSE_MARK] * count))] if count else []
 
 
 def _clean_question(question: str) -> str:

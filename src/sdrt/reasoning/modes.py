@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sdrt.data.records import VQARecord
 from sdrt.models.base import EncodedImage, Generation, VisionLanguageModel
-from sdrt.prompts.library import DualQueryPrompt, direct_prompt
+from sdrt.prompts.library import DualQueryPrompt, direct_prompt, pause_turn
 from sdrt.reasoning.ensemble import Candidate, EnsembleResult, get_strategy
 from sdrt.reasoning.extract import extract_short_answer
 
@@ -104,17 +104,19 @@ def answer_direct(
     images: Sequence[EncodedImage],
     budget: GenerationBudget = GenerationBudget(),
     open_ended: bool = False,
+    pause_tokens: int = 0,
 ) -> list[Answer]:
     """One call per example with the standard short-answer instruction (no reasoning).
 
     ``open_ended`` asks the question as it is (no instruction) and keeps the whole reply, for
     benchmarks whose answer is a text rather than a word (``prompt_style="open"``).
+    ``pause_tokens``: the attached adapter's pause slots, which its prompts open the answer with.
     """
     if open_ended:
-        prompts = [[("user", r.question)] for r in records]
+        prompts = [[("user", r.question), *pause_turn(pause_tokens)] for r in records]
         outputs = model.generate(images, prompts, max_new_tokens=budget.open_tokens)
     else:
-        prompts = [direct_prompt(r.question, r.choices) for r in records]
+        prompts = [direct_prompt(r.question, r.choices, pause_tokens) for r in records]
         outputs = model.generate(images, prompts, max_new_tokens=budget.answer_tokens)
     return [
         Answer(
@@ -231,15 +233,17 @@ def answer_with_mode(
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     open_ended: bool = False,
+    pause_tokens: int = 0,
 ) -> list[Answer]:
-    """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached.
+    """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached,
+    and ``pause_tokens`` are its pause slots.
 
     Open-ended questions (descriptions) are answered directly only: dual-query prompts end in
     a short-answer instruction.
     """
     prompts = mode_prompts(mode, ensemble_prompts, library_get)
     if not prompts:
-        return answer_direct(model, records, images, budget, open_ended)
+        return answer_direct(model, records, images, budget, open_ended, pause_tokens)
     if open_ended:
         raise ValueError(
             f"mode {mode!r} answers in a word or phrase; an open-ended benchmark takes direct or adapter"
