@@ -397,7 +397,10 @@ def demo(
         int | None, typer.Option(help="easy-vqa training questions traced, retained")
     ] = None,
     steps: Annotated[int | None, typer.Option(help="distillation steps")] = None,
-    dtype: Annotated[str | None, typer.Option(help="bfloat16 | float32")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="bfloat16 | float32 (default: bfloat16 where the CPU has bfloat16 units)"),
+    ] = None,
     work_dir: Annotated[Path, typer.Option(help="where stages keep their outputs")] = Path("runs/demo"),
     report_dir: Annotated[Path, typer.Option(help="where the report goes")] = Path("report"),
 ) -> None:
