@@ -74,7 +74,8 @@ def parse_position_specs(specs: str | Sequence[str]) -> list[PositionSpec]:
     return parsed
 
 
-def _one_mask(spec: PositionSpec, layout: TokenLayout, pause: int) -> torch.Tensor:
+def _one_mask(spec: PositionSpec, layout: TokenLayout, pause: int, slots: torch.Tensor) -> torch.Tensor:
+    """``spec``'s positions; ``slots``: the ``pause`` slots' mask, which prompt specs count before."""
     real = layout.attention_mask.bool()  # (B, L)
     if spec.kind == "answer":
         return layout.answer_mask.bool() & real
@@ -82,7 +83,7 @@ def _one_mask(spec: PositionSpec, layout: TokenLayout, pause: int) -> torch.Tens
         return real & ~layout.image_mask.bool()
     if spec.kind == "first_prompt":
         return first_text_after_image(layout, spec.count)
-    return layout.last_prompt_positions(spec.count + pause).bool() & ~pause_slots(layout, pause)
+    return layout.last_prompt_positions(spec.count + pause).bool() & ~slots
 
 
 def pause_slots(layout: TokenLayout, pause: int) -> torch.Tensor:
@@ -107,7 +108,8 @@ def position_mask(
     last ``pause`` prompt positions, an adapter's pause slots."""
     items = [spec] if isinstance(spec, str | PositionSpec) else list(spec)
     parsed = [item if isinstance(item, PositionSpec) else parse_position_spec(item) for item in items]
-    mask = pause_slots(layout, pause)  # (B, L)
+    slots = pause_slots(layout, pause)  # (B, L)
+    mask = slots.clone()
     for one in parsed:
-        mask |= _one_mask(one, layout, pause)
+        mask |= _one_mask(one, layout, pause, slots)
     return mask
