@@ -278,7 +278,8 @@ def test_eval_config_defaults_to_easy_vqa_only_without_own_data():
     assert EvalConfig(data=[{"file": "x.jsonl", "metric": "exact_match"}]).benchmark_names == []
 
 
-def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, monkeypatch):
+@pytest.mark.parametrize("benchmark", ["easy-vqa", "scenes-describe"])  # short answer, open reply
+def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, monkeypatch, benchmark):
     from sdrt.models.hf import HFVisionLanguageModel
 
     model = load_tiny_model("llava")
@@ -292,7 +293,7 @@ def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, m
         return real_generate(self, images, prompts, **kwargs)
 
     monkeypatch.setattr(HFVisionLanguageModel, "generate", recording_generate)
-    args = ["--benchmark", "easy-vqa", "--limit", "3", "--mode", "direct", "--mode", "adapter"]
+    args = ["--benchmark", benchmark, "--limit", "3", "--mode", "direct", "--mode", "adapter"]
     run_eval(tmp_path, *args, "--adapter", str(folder))
     direct, adapter = asked[:3], asked[3:]
     assert len(adapter) == 3
