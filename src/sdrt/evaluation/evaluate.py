@@ -132,7 +132,14 @@ def evaluate_mode(
     )
     if batch_size is None and records:
         reasoning = mode_prompts(mode, ensemble_prompts, library.get)
-        batch_size = batch_size_for(model, longest_record(records), reasoning, budget)
+        batch_size = batch_size_for(
+            model,
+            longest_record(records),
+            reasoning,
+            budget,
+            open_ended=benchmark.prompt_style == "open",
+            pause_tokens=pause_tokens,
+        )
     batch_size = batch_size or 8
     items: dict[int, ItemResult] = {}
     for rows in length_batches(records, batch_size):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sdrt.data.records import VQARecord
-from sdrt.models.base import EncodedImage, Generation, VisionLanguageModel
+from sdrt.models.base import EncodedImage, Generation, Prompt, VisionLanguageModel
 from sdrt.prompts.library import DualQueryPrompt, direct_prompt, pause_turn
 from sdrt.reasoning.ensemble import Candidate, EnsembleResult, get_strategy
 from sdrt.reasoning.extract import extract_short_answer
@@ -30,21 +30,28 @@ def batch_size_for(
     record: VQARecord,
     prompts: Sequence[DualQueryPrompt],
     budget: GenerationBudget,
+    *,
+    open_ended: bool = False,
+    pause_tokens: int = 0,
 ) -> int:
     """Examples per batch when none is given: what free GPU memory holds (8 on a CPU).
 
     A row is sized by ``record``'s longest conversation: step 2 with a full-length analysis
-    and answer; an example has one row per prompt (one for direct answers).
+    and answer; an example has one row per prompt. Without prompts the row is the direct
+    question as ``answer_direct`` asks it (``open_ended``, ``pause_tokens``) and its reply.
     """
     from sdrt.models.memory import choose_batch_size
 
     image = model.encode_images([record.load_image()])[0]
-    filler = " ".join(["word"] * budget.analysis_tokens)
-    longest = [p.step2(record.question, filler, record.choices) for p in prompts] or [
-        direct_prompt(record.question, record.choices)
-    ]
-    tokens = max(model.prompt_tokens(image, prompt) for prompt in longest) + budget.answer_tokens
-    return choose_batch_size(model, tokens, max(1, len(prompts)))
+    if prompts:
+        filler = " ".join(["word"] * budget.analysis_tokens)
+        longest = max(
+            model.prompt_tokens(image, p.step2(record.question, filler, record.choices)) for p in prompts
+        )
+        return choose_batch_size(model, longest + budget.answer_tokens, len(prompts))
+    asked = _direct_prompt(record, open_ended, pause_tokens)
+    reply = budget.open_tokens if open_ended else budget.answer_tokens
+    return choose_batch_size(model, model.prompt_tokens(image, asked) + reply, 1)
 
 
 def length_batches(records: Sequence[VQARecord], batch_size: int) -> list[list[int]]:
@@ -112,12 +119,9 @@ def answer_direct(
     benchmarks whose answer is a text rather than a word (``prompt_style="open"``).
     ``pause_tokens``: the attached adapter's pause slots, which its prompts open the answer with.
     """
-    if open_ended:
-        prompts = [[("user", r.question), *pause_turn(pause_tokens)] for r in records]
-        outputs = model.generate(images, prompts, max_new_tokens=budget.open_tokens)
-    else:
-        prompts = [direct_prompt(r.question, r.choices, pause_tokens) for r in records]
-        outputs = model.generate(images, prompts, max_new_tokens=budget.answer_tokens)
+    prompts = [_direct_prompt(r, open_ended, pause_tokens) for r in records]
+    reply = budget.open_tokens if open_ended else budget.answer_tokens
+    outputs = model.generate(images, prompts, max_new_tokens=reply)
     return [
         Answer(
             record_id=r.id,
@@ -128,6 +132,13 @@ def answer_direct(
         )
         for r, out in zip(records, outputs, strict=True)
     ]
+
+
+def _direct_prompt(record: VQARecord, open_ended: bool, pause_tokens: int) -> Prompt:
+    """The one-call question: as asked (open-ended) or with the short-answer instruction."""
+    if open_ended:
+        return [("user", record.question), *pause_turn(pause_tokens)]
+    return direct_prompt(record.question, record.choices, pause_tokens)
 
 
 def answer_dual_query(
