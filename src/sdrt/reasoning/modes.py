@@ -24,6 +24,10 @@ class GenerationBudget:
     answer_tokens: int = 10
     open_tokens: int = 96  # open-ended answers (a description), not a short answer
 
+    def reply_tokens(self, open_ended: bool) -> int:
+        """The budget of a one-call reply: a description's or a short answer's."""
+        return self.open_tokens if open_ended else self.answer_tokens
+
 
 def batch_size_for(
     model: VisionLanguageModel,
@@ -50,8 +54,7 @@ def batch_size_for(
         )
         return choose_batch_size(model, longest + budget.answer_tokens, len(prompts))
     asked = _direct_prompt(record, open_ended, pause_tokens)
-    reply = budget.open_tokens if open_ended else budget.answer_tokens
-    return choose_batch_size(model, model.prompt_tokens(image, asked) + reply, 1)
+    return choose_batch_size(model, model.prompt_tokens(image, asked) + budget.reply_tokens(open_ended), 1)
 
 
 def length_batches(records: Sequence[VQARecord], batch_size: int) -> list[list[int]]:
@@ -120,8 +123,7 @@ def answer_direct(
     ``pause_tokens``: the attached adapter's pause slots, which its prompts open the answer with.
     """
     prompts = [_direct_prompt(r, open_ended, pause_tokens) for r in records]
-    reply = budget.open_tokens if open_ended else budget.answer_tokens
-    outputs = model.generate(images, prompts, max_new_tokens=reply)
+    outputs = model.generate(images, prompts, max_new_tokens=budget.reply_tokens(open_ended))
     return [
         Answer(
             record_id=r.id,
