@@ -177,3 +177,25 @@ def test_the_teacher_fill_benchmark_compares_equal_targets(tmp_path: Path, tiny_
     assert figure.details["largest difference"] < 1e-4  # both sides computed the same targets
     assert figure.details["largest relative difference"] < 1e-5
     assert figure.details["padding sorted"] <= figure.details["padding by training batch"]
+
+
+def test_cpu_ranks_script_traces_the_same_examples_in_one_process_and_in_ranks(tmp_path: Path) -> None:
+    env = os.environ | {
+        "SDRT_CACHE": str(tmp_path / "cache"),
+        "PYTHON": sys.executable,
+        "OUT": str(tmp_path / "ranks"),
+        "MODEL": "tiny:llava",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "cpu_ranks.sh"), "5", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 processes of one thread" in done.stdout
+    assert re.search(r"answers the same: \d+/15; analyses the same: \d+/15", done.stdout), done.stdout
+    shards = sorted(path.name.split("-")[0] for path in (tmp_path / "ranks" / "ranks").glob("*.parquet"))
+    assert set(shards) == {"rank0", "rank1"}  # each process wrote its own share
