@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Trace generation on a CPU: one process on every core's thread against one single-threaded
-# process per core, each taking its share of the examples (the ranks torchrun would start;
+# Trace generation on a CPU: one process using every core against one single-threaded process
+# per core, each taking its share of the examples (the ranks torchrun would start;
 # docs/traces.md). Small decode matmuls share threads badly, separate processes do not.
 # Both sides write a trace folder; the answers and analyses of the two are compared at the end.
 # Usage: bash benchmarks/cpu_ranks.sh [EXAMPLES] [PROCESSES]   (defaults 48 and the core count)
@@ -18,17 +18,22 @@ ARGS=(traces --model "$MODEL" --benchmark scenes:multi-hop --split train --limit
   --seed 11 --prompts image_description,counting,spatial_relations --k 3 --batch-size 16
   --dtype float32 --config "$OUT/traces.yaml")
 
-began=$(date +%s.%N)
-"$PYTHON" -m sdrt.cli "${ARGS[@]}" --out "$OUT/one-process" > "$OUT/one-process.log" 2>&1
-one=$(echo "$(date +%s.%N) - $began" | bc)
+since() {  # seconds since a `date +%s%N` stamp, to the millisecond
+  local ms=$((($(date +%s%N) - $1) / 1000000))
+  printf "%d.%03d" $((ms / 1000)) $((ms % 1000))
+}
 
-began=$(date +%s.%N)
+began=$(date +%s%N)
+"$PYTHON" -m sdrt.cli "${ARGS[@]}" --out "$OUT/one-process" > "$OUT/one-process.log" 2>&1
+one=$(since "$began")
+
+began=$(date +%s%N)
 for ((rank = 0; rank < PROCESSES; rank++)); do
   RANK=$rank WORLD_SIZE=$PROCESSES OMP_NUM_THREADS=1 \
     "$PYTHON" -m sdrt.cli "${ARGS[@]}" --out "$OUT/ranks" > "$OUT/rank$rank.log" 2>&1 &
 done
 wait
-ranks=$(echo "$(date +%s.%N) - $began" | bc)
+ranks=$(since "$began")
 
 echo "one process, $(nproc) threads: $one s; $PROCESSES processes of one thread: $ranks s (wall, model loading included)"
 grep -h "^done:" "$OUT"/one-process.log "$OUT"/rank*.log
