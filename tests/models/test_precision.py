@@ -1,4 +1,4 @@
-"""The precision chosen for a device: bfloat16 only where the hardware runs it natively."""
+"""The precision chosen for a CPU: bfloat16 only where the hardware runs it natively."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ def test_bfloat16_only_on_cpus_with_bfloat16_units(tmp_path):
     for text, expected in ((ZEN3, "float32"), (SAPPHIRE_RAPIDS, "bfloat16")):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(text)
-        assert fast_dtype("cpu", cpu_flags(cpuinfo)) == expected
-    assert fast_dtype("cpu", frozenset({"avx512_bf16"})) == "bfloat16"
-    assert fast_dtype("cpu", frozenset()) == "float32"
+        assert fast_dtype(cpu_flags(cpuinfo)) == expected
+    assert fast_dtype(frozenset({"avx512_bf16"})) == "bfloat16"
+    assert fast_dtype(frozenset()) == "float32"
 
 
 def test_the_demo_runs_in_the_precision_this_machine_runs_fastest():
-    assert DemoPlan().dtype == fast_dtype("cpu")
+    assert DemoPlan().dtype == fast_dtype()
     assert DemoPlan(dtype="float32").dtype == "float32"

@@ -1,4 +1,4 @@
-"""The precision a device runs fastest: bfloat16 only where the hardware has units for it.
+"""The precision a CPU runs fastest: bfloat16 only where it has units for it.
 
 On a CPU without bfloat16 units (AVX-512 BF16 or AMX) PyTorch emulates bfloat16 matmuls, about
 nine times slower than float32 (docs/performance.md, "Precision"); with them it is faster. Torch
@@ -9,8 +9,6 @@ exposes no public test for those units, so the CPU's flags are read here from ``
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
@@ -29,12 +27,10 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
     return frozenset()
 
 
-def fast_dtype(device: str = "cpu", flags: frozenset[str] | None = None) -> str:
-    """``bfloat16`` on a GPU or CPU that runs it natively, ``float32`` elsewhere.
+def fast_dtype(flags: frozenset[str] | None = None) -> str:
+    """``bfloat16`` on a CPU that runs it natively, ``float32`` elsewhere.
 
     ``flags``: the CPU's feature flags (default: read from ``/proc/cpuinfo``).
     """
-    if device.startswith("cuda"):
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     flags = cpu_flags() if flags is None else flags
     return "bfloat16" if flags & BFLOAT16_CPU_FLAGS else "float32"
