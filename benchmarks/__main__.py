@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             emit(figure, collected)
     table = ""
     if "scaling" in args.figures:
-        table = scaling.table(scaling.measure_scaling(loaded.model, inputs, sizes))
+        batch_inputs = make_inputs(sizes.scaling_batch_examples, sizes.k)
+        table = scaling.table(scaling.measure_scaling(loaded.model, inputs, sizes, batch_inputs))
         print(table, flush=True)
     elapsed = time.perf_counter() - started
     print(f"# total {elapsed:.0f} s", flush=True)

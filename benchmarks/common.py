@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,10 @@ class Sizes:
     scaling_examples: tuple[int, ...] = (2, 4, 8)
     scaling_analysis: tuple[int, ...] = (16, 32, 64)
     scaling_base_examples: int = 4
+    # examples per generation batch, over the same scaling_batch_examples examples (a demo-sized
+    # job): what a larger batch buys once its rows stop fitting the small-matmul regime
+    scaling_batches: tuple[int, ...] = (8, 16, 48)
+    scaling_batch_examples: int = 48
 
     @property
     def budget(self) -> GenerationBudget:
@@ -54,18 +58,12 @@ class Sizes:
     ) -> Sizes:
         base = Sizes.quick() if quick else Sizes()
         n = examples or base.examples
-        return Sizes(
+        return replace(
+            base,
             examples=n,
             k=k or base.k,
             batch_size=batch_size or min(base.batch_size, n),
             analysis_tokens=analysis_tokens or base.analysis_tokens,
-            answer_tokens=base.answer_tokens,
-            distill_steps=base.distill_steps,
-            warmup_steps=base.warmup_steps,
-            scaling_ks=base.scaling_ks,
-            scaling_examples=base.scaling_examples,
-            scaling_analysis=base.scaling_analysis,
-            scaling_base_examples=base.scaling_base_examples,
         )
 
     @staticmethod
@@ -82,6 +80,8 @@ class Sizes:
             scaling_examples=(1, 2),
             scaling_analysis=(4, 8),
             scaling_base_examples=2,
+            scaling_batches=(1, 3),
+            scaling_batch_examples=3,
         )
 
 

@@ -1,8 +1,11 @@
-"""How the cost of batched trace generation grows with K, with the examples, and with the analysis.
+"""How the cost of batched trace generation grows with K, with the examples, with the analysis
+and with the batch size.
 
 Each row varies one thing from a base point (the first examples, K and budgets of the run) and
 times our batched path only; seconds per example and per generated token show where batching
-stops paying (on a CPU, once prefill of the long step-2 prompts dominates).
+stops paying (on a CPU, once prefill of the long step-2 prompts dominates). The batch-size rows
+generate the same examples (``Sizes.scaling_batch_examples``) in batches of each size, which is
+the choice a trace job makes (``sdrt traces --batch-size``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,11 @@ def _row(
     )
 
 
-def measure_scaling(model: VisionLanguageModel, inputs: Inputs, sizes: Sizes) -> list[Row]:
+def measure_scaling(
+    model: VisionLanguageModel, inputs: Inputs, sizes: Sizes, batch_inputs: Inputs | None = None
+) -> list[Row]:
+    """``batch_inputs`` (at least ``sizes.scaling_batch_examples`` records) feed the batch-size
+    rows; without them those rows are left out."""
     base_n = min(sizes.scaling_base_examples, len(inputs.records))
     budget = sizes.budget
     rows = []
@@ -61,6 +68,11 @@ def measure_scaling(model: VisionLanguageModel, inputs: Inputs, sizes: Sizes) ->
     for tokens in sizes.scaling_analysis:
         longer = GenerationBudget(analysis_tokens=tokens, answer_tokens=sizes.answer_tokens)
         rows.append(_row(model, inputs.first(base_n, sizes.k), "analysis tokens", tokens, longer, base_n))
+    if batch_inputs is not None:
+        same = batch_inputs.first(sizes.scaling_batch_examples, sizes.k)
+        model.encode_images(same.images)  # warm the image-feature cache: no row pays it cold
+        for size in sizes.scaling_batches:
+            rows.append(_row(model, same, "batch size", size, budget, size))
     return rows
 
 

@@ -57,6 +57,9 @@ def test_quick_run_prints_every_main_figure_with_a_finite_positive_ratio(quick_o
 
 def test_quick_run_prints_scaling_table_and_agreement(quick_output: str) -> None:
     assert "| K | 1 |" in quick_output
+    # the batch-size rows generate the same three examples, one or three at a time
+    assert re.search(r"\| batch size \| 1 \| 3 \|", quick_output)
+    assert re.search(r"\| batch size \| 3 \| 3 \|", quick_output)
     assert re.search(r"answers agree \d+/\d+", quick_output)
 
 
