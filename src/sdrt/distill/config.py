@@ -72,6 +72,11 @@ class DistillConfig(LoadOptions):
     # every label is right (cross-entropy only)
     labels: Literal["ensemble", "reliability", "direct", "reference"] = "ensemble"
 
+    # stepwise internalisation (``sdrt.distill.curriculum``): the distilled examples' labels
+    # start with the analysis behind them, cut from the front a little more each step until,
+    # after this share of the steps, the label stands alone. 0: off (the label alone throughout)
+    internalize: float = Field(default=0.0, ge=0, lt=1)
+
     # optimisation
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
@@ -114,6 +119,19 @@ class DistillConfig(LoadOptions):
                 f"labels={self.labels} trains on {UNREASONED_LABELS[self.labels]}: the reasoning teachers "
                 "do not apply, so set loss.hidden and loss.kl to 0 (cross-entropy only)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _internalize_is_cross_entropy(self) -> DistillConfig:
+        if not self.internalize:
+            return self
+        if self.reads_teachers:
+            raise ValueError(
+                "internalize rewrites the labels the student is trained to write: it trains with "
+                "cross-entropy alone, so set loss.hidden and loss.kl to 0 (and keep the gate off)"
+            )
+        if self.labels == "direct":
+            raise ValueError("internalize needs the reasoning behind each label: labels=direct has none")
         return self
 
     @model_validator(mode="after")

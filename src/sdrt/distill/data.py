@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ class DistillExample:
     # The library the prompt ids belong to (that of the example's trace folder): folders made
     # with different libraries may give one id different templates. None: the trainer's library.
     library: PromptLibrary | None = None
+    answers: list[str] = field(default_factory=list)  # K step-2 answers, in prompt order
 
     def prompt(self, i: int, default: PromptLibrary | None = None) -> DualQueryPrompt:
         """Prompt ``i`` of this example, from its own library."""
@@ -93,6 +94,7 @@ def load_distill_examples(
                 pseudo_label=label,
                 prompt_ids=[r["prompt_id"] for r in rows],
                 analyses=[r["analysis"] or "" for r in rows],
+                answers=[r["answer"] or "" for r in rows],
                 weights=_normalised(weights),
                 agreement=agreement,
                 library=library,

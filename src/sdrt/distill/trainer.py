@@ -32,6 +32,7 @@ from sdrt.adapters.lora import LoRAAdapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.adapters.weighting import weighted_teacher_loss
 from sdrt.distill.config import DistillConfig
+from sdrt.distill.curriculum import curriculum_label, kept_share, supporting_analysis
 from sdrt.distill.data import (
     DistillExample,
     load_distill_examples,
@@ -182,6 +183,7 @@ class DistillTrainer:
         self.model = model
         self.examples = examples
         self.n_retained = len(retained)
+        self.retained_ids = {ex.record.id for ex in retained}
         self.library = library
         self.library_hash = libraries_hash(examples, library)
         self.adapter_settings = config.adapter.resolved(model.num_layers, counts.pop())
@@ -216,17 +218,28 @@ class DistillTrainer:
         return FrozenPrefixCache(below, sorted(keep), int(c.prefix_cache_gb * 2**30))
 
     def student_forward(
-        self, batch: list[DistillExample], images, prompts, labels, layers: Sequence[int] = ()
+        self,
+        batch: list[DistillExample],
+        images,
+        prompts,
+        labels,
+        layers: Sequence[int] = (),
+        *,
+        cacheable: bool = True,
     ) -> ScoreOutput:
-        """The student's scored forward; from an example's second step on, only the upper layers run."""
+        """The student's scored forward; from an example's second step on, only the upper layers run.
+
+        ``cacheable`` False: the labels are not the examples' own (``internalize``), so the
+        states under them are neither read from nor written to the prefix cache.
+        """
         ids = [ex.record.id for ex in batch]
-        if self.prefix is not None and self.prefix.has(ids):
+        if self.prefix is None or not cacheable:
+            return self.model.score(images, prompts, labels, layers=layers)
+        if self.prefix.has(ids):
             with self.model.prefix_replaced(self.prefix.below, self.prefix.supply(ids, self.model.device)):
                 return self.model.score(images, prompts, labels, layers=layers)
-        kept = self.prefix.layers if self.prefix is not None else []
-        out = self.model.score(images, prompts, labels, layers=[*layers, *kept])
-        if self.prefix is not None:
-            self.prefix.put(ids, out.hidden_states, out.layout.attention_mask)
+        out = self.model.score(images, prompts, labels, layers=[*layers, *self.prefix.layers])
+        self.prefix.put(ids, out.hidden_states, out.layout.attention_mask)
         return out
 
     def adapter_config(self) -> AdapterConfig:
@@ -315,7 +328,8 @@ class DistillTrainer:
         prompts = [direct_prompt(ex.record.question, ex.record.choices, pause) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
         if not self.config.reads_teachers:  # cross-entropy on the pseudo-labels alone
-            out = self.student_forward(batch, images, prompts, labels)
+            written = self.written_labels(batch)
+            out = self.student_forward(batch, images, prompts, written, cacheable=written == labels)
             ce = answer_cross_entropy(out.answer_logits, out.answer_ids, out.answer_token_mask).mean()
             return c.loss.ce * ce, {"ce": float(ce.detach())}
         targets = self.teacher_targets(batch, images)
@@ -342,6 +356,18 @@ class DistillTrainer:
             terms["gate"] = self.adapter.gate_loss(weights)
         total = sum(getattr(c.loss, name) * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}
+
+    def written_labels(self, batch: list[DistillExample]) -> list[str]:
+        """What the student learns to write at this step: the label, after what is left of the
+        analysis behind it while reasoning is being internalised (``internalize``; retained
+        examples keep their bare direct answers)."""
+        share = kept_share(self.step, self.config.steps, self.config.internalize)
+        return [
+            ex.pseudo_label
+            if share == 0 or ex.record.id in self.retained_ids
+            else curriculum_label(supporting_analysis(ex), ex.pseudo_label, share)
+            for ex in batch
+        ]
 
     def _hidden_term(
         self, hidden: torch.Tensor, span: torch.Tensor, targets: list[TeacherTargets], layer: int
