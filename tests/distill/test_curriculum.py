@@ -21,7 +21,8 @@ def test_the_analysis_is_that_of_the_heaviest_prompt_answering_the_label() -> No
     assert supporting_analysis(tie) == "one"
     empty = example("red", ["red", "red", "blue"], ["  ", "two", "three"], [0.6, 0.3, 0.1])
     assert supporting_analysis(empty) == "two"  # an empty analysis supports nothing
-    assert supporting_analysis(example("green", ["red", "red", "blue"], ["a", "b", "c"], [0.4, 0.4, 0.2])) == ""
+    unsupported = example("green", ["red", "red", "blue"], ["a", "b", "c"], [0.4, 0.4, 0.2])
+    assert supporting_analysis(unsupported) == ""
 
 
 def test_the_analysis_is_kept_whole_first_and_gone_after_the_ramp() -> None:
