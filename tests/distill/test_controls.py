@@ -143,22 +143,8 @@ def test_lora_sft_has_no_pause_slots():
         DistillConfig(method="lora-sft", loss={"hidden": 0.0, "ce": 1.0}, adapter={"pause_tokens": 4})
 
 
-def retaining_config(traces, retain, out, **changes) -> DistillConfig:
-    """Two short steps of the tiny model on ``traces``, with ``retain`` kept on direct answers."""
-    return DistillConfig(
-        model="tiny:llava",
-        traces=traces,
-        retain=retain,
-        out=out,
-        steps=2,
-        batch_size=4,
-        checkpoint_every=2,
-        **changes,
-    )
-
-
 def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_ensemble(
-    own_model, trace_dir, make_traces, tmp_path
+    own_model, trace_dir, make_traces, tmp_path, retaining_config
 ):
     from sdrt.distill.data import load_distill_examples
 
@@ -214,7 +200,7 @@ def test_retain_share_needs_retained_folders_and_a_batch_to_split():
 
 
 def test_the_trainer_draws_retain_share_of_each_batch_from_the_retained_questions(
-    own_model, trace_dir, make_traces, tmp_path, monkeypatch
+    own_model, trace_dir, make_traces, tmp_path, monkeypatch, retaining_config
 ):
     from sdrt.distill.data import load_distill_examples
     from sdrt.distill.trainer import DistillTrainer
@@ -229,22 +215,15 @@ def test_the_trainer_draws_retain_share_of_each_batch_from_the_retained_question
         return train_on(self, batch)
 
     monkeypatch.setattr(DistillTrainer, "micro_step_loss", recording)
-    cfg = DistillConfig(
-        model="tiny:llava",
-        traces=trace_dir,
-        retain=retain,
-        retain_share=0.5,
-        out=tmp_path / "mixed",
-        steps=3,
-        batch_size=4,
-        loss={"hidden": 0.0, "ce": 1.0},
+    cfg = retaining_config(
+        trace_dir, retain, tmp_path / "mixed", retain_share=0.5, steps=3, loss={"hidden": 0.0, "ce": 1.0}
     )
     run_distillation(cfg, own_model)
     assert [sum(i in retained_ids for i in batch) for batch in seen] == [2, 2, 2]  # of 3 against 8
 
 
 def test_reference_labels_train_the_distilled_questions_on_their_references_and_retain_the_rest(
-    own_model, trace_dir, make_traces, tmp_path
+    own_model, trace_dir, make_traces, tmp_path, retaining_config
 ):
     from collections import Counter
 

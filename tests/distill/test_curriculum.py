@@ -55,7 +55,7 @@ def test_internalising_needs_cross_entropy_on_reasoned_labels(changes, message) 
 
 
 def test_the_student_writes_less_of_the_analysis_each_step_then_the_label_alone(
-    tiny_model, trace_dir, make_traces, tmp_path, monkeypatch
+    tiny_model, trace_dir, make_traces, tmp_path, monkeypatch, retaining_config
 ) -> None:
     written: list[list[str]] = []  # the labels of each step's one scored batch
     real_score = tiny_model.score
@@ -66,18 +66,8 @@ def test_the_student_writes_less_of_the_analysis_each_step_then_the_label_alone(
 
     monkeypatch.setattr(tiny_model, "score", recording_score)
     retain = make_traces(tmp_path / "retain", source="scenes:single-hop", limit=4)
-    cfg = DistillConfig(
-        model="tiny:llava",
-        traces=trace_dir,
-        retain=retain,
-        retain_share=0.5,
-        out=tmp_path / "adapter",
-        steps=4,
-        batch_size=4,
-        warmup_steps=0,
-        internalize=0.75,
-        loss={"hidden": 0.0, "ce": 1.0},
-    )
+    settings = {"steps": 4, "warmup_steps": 0, "internalize": 0.75, "loss": {"hidden": 0.0, "ce": 1.0}}
+    cfg = retaining_config(trace_dir, retain, tmp_path / "adapter", retain_share=0.5, **settings)
     run_distillation(cfg, tiny_model)
     assert len(written) == 4
 
