@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             emit(figure, collected)
     table = ""
     if "scaling" in args.figures:
-        batch_inputs = make_inputs(sizes.scaling_batch_examples, sizes.k)
-        table = scaling.table(scaling.measure_scaling(loaded.model, inputs, sizes, batch_inputs))
+        table = scaling.table(scaling.measure_scaling(loaded.model, inputs, sizes))
         print(table, flush=True)
     elapsed = time.perf_counter() - started
     print(f"# total {elapsed:.0f} s", flush=True)

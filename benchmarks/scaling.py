@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmarks.common import Inputs, Sizes
+from benchmarks.common import Inputs, Sizes, make_inputs
 from benchmarks.trace_generation import measure
 from sdrt.models.base import VisionLanguageModel
 from sdrt.reasoning.modes import GenerationBudget
@@ -52,11 +52,7 @@ def _row(
     )
 
 
-def measure_scaling(
-    model: VisionLanguageModel, inputs: Inputs, sizes: Sizes, batch_inputs: Inputs | None = None
-) -> list[Row]:
-    """``batch_inputs`` (at least ``sizes.scaling_batch_examples`` records) feed the batch-size
-    rows; without them those rows are left out."""
+def measure_scaling(model: VisionLanguageModel, inputs: Inputs, sizes: Sizes) -> list[Row]:
     base_n = min(sizes.scaling_base_examples, len(inputs.records))
     budget = sizes.budget
     rows = []
@@ -68,11 +64,10 @@ def measure_scaling(
     for tokens in sizes.scaling_analysis:
         longer = GenerationBudget(analysis_tokens=tokens, answer_tokens=sizes.answer_tokens)
         rows.append(_row(model, inputs.first(base_n, sizes.k), "analysis tokens", tokens, longer, base_n))
-    if batch_inputs is not None:
-        same = batch_inputs.first(sizes.scaling_batch_examples, sizes.k)
-        model.encode_images(same.images)  # warm the image-feature cache: no row pays it cold
-        for size in sizes.scaling_batches:
-            rows.append(_row(model, same, "batch size", size, budget, size))
+    same = make_inputs(sizes.scaling_batch_examples, sizes.k)  # more examples than the run's
+    model.encode_images(same.images)  # warm the image-feature cache: no row pays it cold
+    for size in sizes.scaling_batches:
+        rows.append(_row(model, same, "batch size", size, budget, size))
     return rows
 
 
