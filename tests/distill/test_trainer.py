@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -309,6 +310,18 @@ def test_the_student_opens_its_answer_with_the_adapters_pause_slots(
         assert prompt[-1] == ("assistant", ". .")
         assert any(prompt == direct_prompt(q, list(c) or None, 2) for q, c in questions), prompt
     assert weights(tmp_path)["pause_states"].abs().sum(-1).gt(0).all()  # both slots learned
+
+
+def test_a_back_patch_trains_and_is_saved_with_its_layers(tiny_model, trace_dir, tmp_path) -> None:
+    settings = {"steps": 4, "lr": 2e-2, "warmup_steps": 0, "loss": {"hidden": 0.0, "ce": 1.0}}
+    patch = {"enabled": True, "target_layer": 0, "source_layer": 1, "rank": 2}
+    adapter = {"layers": [1], "skip": {"enabled": False}, "back_patch": patch}
+    run_distillation(config(trace_dir, tmp_path, adapter=adapter, **settings), tiny_model)
+    learned = weights(tmp_path)
+    assert learned["back_patch.up.weight"].abs().sum() > 0  # zero at first: it learned
+    assert learned["back_patch.down.weight"].shape == (2, tiny_model.hidden_size)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["back_patch"]
+    assert (saved["target_layer"], saved["source_layer"], saved["rank"]) == (0, 1, 2)
 
 
 def test_the_frozen_prefix_cache_trains_exactly_like_full_forwards(

@@ -39,6 +39,43 @@ class GateConfig(BaseModel):
     num_heads: int | None = Field(default=None, ge=2)  # None: one per prompt of the traces
 
 
+class BackPatchConfig(BaseModel):
+    """Back-patching: a late layer's states of the question, mapped low-rank, added at an earlier layer.
+
+    A one-pass model answering a two-hop question often resolves the first hop too late in the
+    stack for the second to use it (Biran et al., 2024, "Hopping too late"). Here the frozen
+    layers ``target_layer+1 .. source_layer`` run once more on the target layer's output, and
+    ``U D rms(h_source)`` (D: d -> rank, U: rank -> d, zero at first) is added at the target
+    layer's ``positions``: the pass goes on from there with the later reading in hand. Prompt
+    positions only, so decode steps are one ordinary step each; the prefill pays the extra layers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    target_layer: int | None = Field(default=None, ge=0)  # None: the lowest intervened layer
+    source_layer: int | None = Field(default=None, ge=1)  # None: two thirds of the way up from it
+    rank: int = Field(default=8, ge=1)
+    positions: list[str] = Field(default_factory=lambda: ["first_prompt:32", "last_prompt:4"])
+
+    @field_validator("positions")
+    @classmethod
+    def _prompt_positions(cls, positions: list[str]) -> list[str]:
+        parsed = parse_position_specs(positions)
+        if any(spec.kind in ("answer", "all_text") for spec in parsed):
+            raise ValueError("back-patch positions must be prompt positions (first_prompt:N, last_prompt:N)")
+        return [str(spec) for spec in parsed]
+
+    @model_validator(mode="after")
+    def _source_above_target(self) -> BackPatchConfig:
+        target, source = self.target_layer, self.source_layer
+        if target is not None and source is not None and source <= target:
+            raise ValueError(
+                f"back_patch.source_layer {self.source_layer} must be above target_layer {self.target_layer}"
+            )
+        return self
+
+
 class AdapterConfig(BaseModel):
     """Everything needed to rebuild an adapter and to pin it to its base model."""
 
@@ -54,6 +91,7 @@ class AdapterConfig(BaseModel):
     # adds a learned state to each at its lowest layer: extra positions to compute on in the one
     # pass (Goyal et al., 2024, "Think before you speak"). 0: none.
     pause_tokens: int = Field(default=0, ge=0, le=64)
+    back_patch: BackPatchConfig = Field(default_factory=BackPatchConfig)
     base_model: str = ""
     base_model_config_hash: str = ""
     prompt_library_hash: str = ""
@@ -93,6 +131,10 @@ class AdapterConfig(BaseModel):
             self.layers is not None
             and (not self.skip.enabled or self.skip.source_layer is not None)
             and (not self.gate.enabled or self.gate.num_heads is not None)
+            and (
+                not self.back_patch.enabled
+                or (self.back_patch.target_layer is not None and self.back_patch.source_layer is not None)
+            )
         )
 
     def resolved(self, num_layers: int, num_prompts: int | None = None) -> AdapterConfig:
@@ -106,6 +148,8 @@ class AdapterConfig(BaseModel):
             if num_prompts is None:
                 raise AdapterError("a gated adapter needs its number of heads (one per prompt)")
             values["gate"]["num_heads"] = max(2, num_prompts)
+        if self.back_patch.enabled:
+            values["back_patch"] = resolved_back_patch(self.back_patch, min(layers), num_layers)
         return AdapterConfig.model_validate(values)
 
 
@@ -121,6 +165,17 @@ def default_layers(num_layers: int, count: int = 4) -> list[int]:
         return list(range(lowest, num_layers))
     step = (num_layers - 1 - lowest) / (count - 1)
     return sorted({lowest + round(i * step) for i in range(count)})
+
+
+def resolved_back_patch(config: BackPatchConfig, lowest: int, num_layers: int) -> dict:
+    """The back-patch's layers filled in: at the lowest intervened layer, from two thirds of the way up."""
+    values = config.model_dump()
+    target = lowest if config.target_layer is None else config.target_layer
+    values["target_layer"] = target
+    if config.source_layer is None:
+        above = max(1, round((num_layers - 1 - target) * 2 / 3))
+        values["source_layer"] = min(num_layers - 1, target + above)
+    return values
 
 
 def check_against_model(config: AdapterConfig, num_layers: int, hidden_size: int) -> None:
@@ -139,5 +194,13 @@ def check_against_model(config: AdapterConfig, num_layers: int, hidden_size: int
             )
         if config.skip.rank > hidden_size:
             problems.append(f"skip.rank {config.skip.rank} exceeds hidden size {hidden_size}")
+    patch = config.back_patch
+    if patch.enabled:
+        if patch.source_layer >= num_layers:
+            problems.append(
+                f"back_patch.source_layer {patch.source_layer} out of range (model has {num_layers})"
+            )
+        if patch.rank > hidden_size:
+            problems.append(f"back_patch.rank {patch.rank} exceeds hidden size {hidden_size}")
     if problems:
         raise AdapterError("adapter does not fit the model: " + "; ".join(problems))

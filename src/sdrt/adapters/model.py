@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from sdrt.adapters.backpatch import BackPatch
 from sdrt.adapters.config import AdapterConfig, AdapterError, check_against_model
 from sdrt.adapters.intervention import LoReFTIntervention, MixedLoReFT
 from sdrt.adapters.positions import parse_position_specs, pause_slots, position_mask
@@ -87,6 +88,10 @@ class SDRTAdapter(nn.Module):
         self.pause_states: nn.Parameter | None = None
         if config.pause_tokens:
             self.pause_states = nn.Parameter(torch.zeros(config.pause_tokens, d))
+        self.back_patch: BackPatch | None = None
+        if config.back_patch.enabled:
+            self.back_patch = BackPatch(d, config.back_patch.rank)
+            self.back_patch_specs = parse_position_specs(config.back_patch.positions)
         self._gate_weights: dict[int, torch.Tensor] = {}  # layer -> (B, K), kept for decode steps
         self._gate_override: torch.Tensor | None = None
         self._handle: AdapterHandle | None = None
@@ -135,6 +140,10 @@ class SDRTAdapter(nn.Module):
         handles: list[RemovableHandle] = []
         if self.skip is not None:
             handles.append(model.add_layer_hook(self.config.skip.source_layer, self._skip_hook))
+        if self.back_patch is not None:  # before the edit at a shared layer: it reads the frozen state
+            patch = self.config.back_patch
+            hook = model.add_rerun_hook(patch.target_layer, patch.source_layer, self._back_patch_hook)
+            handles.append(hook)
         handles.extend(model.add_layer_hook(layer, self._edit_hook) for layer in self.layers)
         self._handle = AdapterHandle(self, handles)
         self._model = model
@@ -189,6 +198,21 @@ class SDRTAdapter(nn.Module):
         """Source layer: summarise the image at prefill / score; keep it through decode steps."""
         if self.skip is not None and not is_decode_step(layout):
             self.skip.summarise(hidden, layout.image_mask)
+
+    def _back_patch_hook(
+        self, layer: int, hidden: torch.Tensor, layout: TokenLayout, later: Callable[[], torch.Tensor]
+    ) -> torch.Tensor | None:
+        """Add the back-patch at its prompt positions (a prefill or score forward; never a decode step)."""
+        if self.back_patch is None or is_decode_step(layout):
+            return None
+        mask = position_mask(self.back_patch_specs, layout, self.pause_tokens).to(hidden.device)  # (B, L)
+        if not bool(mask.any()):
+            return None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and hidden.requires_grad):
+            source = later()  # (B, L, d): frozen layers above, no gradient unless something below trains
+        rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
+        added = hidden[rows, cols].float() + self.back_patch(source[rows, cols])  # (N, d)
+        return hidden.index_put((rows, cols), added.to(hidden.dtype))
 
     def _edit_hook(self, layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
         decode = is_decode_step(layout)

@@ -210,7 +210,8 @@ class DistillTrainer:
     def _prefix_cache(self) -> FrozenPrefixCache | None:
         """Per-example states under the lowest intervened layer (SDRT adapters only: LoRA edits all)."""
         c = self.config
-        below = min(self.layers)
+        patch = self.adapter_settings.back_patch
+        below = min([*self.layers, *([patch.target_layer] if patch.enabled else [])])
         if c.method != "sdrt" or not c.cache_prefix or below == 0:
             return None
         skip = self.adapter_settings.skip

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from transformers.cache_utils import Cache
 
 Role = str  # "system" | "user" | "assistant"
 Conversation = list[tuple[Role, str]]
@@ -187,6 +188,11 @@ During KV-cached generation the prefill call sees the prompt layout and each dec
 sees ``TokenLayout.decode_step`` (one generated position per row).
 """
 
+RerunHook = Callable[[int, torch.Tensor, TokenLayout, Callable[[], torch.Tensor]], torch.Tensor | None]
+"""``hook(layer_index, hidden, layout, later) -> new hidden or None``, as ``LayerHook``, where
+``later()`` runs the frozen layers above ``layer_index`` on ``hidden`` (see ``add_rerun_hook``).
+"""
+
 
 class ModelError(RuntimeError):
     """A model could not be found, loaded or used; the message names what and why."""
@@ -323,6 +329,31 @@ class VisionLanguageModel(ABC):
 
         return self.decoder_layers[layer].register_forward_hook(torch_hook)
 
+    def add_rerun_hook(self, layer: int, upto: int, hook: RerunHook) -> RemovableHandle:
+        """Register ``hook`` on ``layer``, offering it what layers ``layer+1 .. upto`` make of its output.
+
+        ``later()`` runs those layers again on the hidden states the hook received, with the
+        forward's own masks and position embeddings but without its KV cache (which they must not
+        write twice) and without their hooks: the frozen model's later states of this forward, for
+        an edit that feeds them back down (back-patching). Computed only when called.
+        """
+        if not 0 <= layer < upto < self.num_layers:
+            raise ModelError(
+                f"{self.name}: cannot rerun layers {layer + 1}..{upto} of {self.num_layers} "
+                f"from layer {layer}"
+            )
+        above = [self.decoder_layers[i] for i in range(layer + 1, upto + 1)]
+
+        def torch_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            layout = self.current_layout(hidden)
+            new = hook(layer, hidden, layout, lambda: _rerun(above, layer + 1, hidden, args, kwargs))
+            if new is None:
+                return output
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return self.decoder_layers[layer].register_forward_hook(torch_hook, with_kwargs=True)
+
     @contextmanager
     def captured_layers(self, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
         """Record the outputs (B, L, d) of decoder layers, after any hooks registered before.
@@ -390,3 +421,28 @@ class VisionLanguageModel(ABC):
 
     def _set_layout(self, layout: TokenLayout | None) -> None:
         self._layout = layout
+
+
+def _rerun(
+    layers: Sequence[nn.Module], first: int, hidden: torch.Tensor, args: tuple, kwargs: dict[str, Any]
+) -> torch.Tensor:
+    """``hidden`` through ``layers`` (decoder layers ``first``, ``first+1``, ...) with a forward's
+    own arguments, its KV cache left out.
+
+    ``forward`` rather than the call: the layers' hooks (adapter edits) belong to the forward
+    that is running, not to this frozen rerun. Without the cache only this forward's positions
+    are keys, so the forward must start from an empty cache (a prefill, a scored forward).
+    """
+    caches = [value for value in kwargs.values() if isinstance(value, Cache)]
+    if any(cache.get_seq_length(first) > 0 for cache in caches):  # layer ``first`` has not run yet
+        raise ModelError("layers can only be rerun in a forward that starts from an empty KV cache")
+    kept = {key: None if isinstance(value, Cache) else value for key, value in kwargs.items()}
+    if "use_cache" in kept:
+        kept["use_cache"] = False
+    mask, width = kept.get("attention_mask"), hidden.shape[1]
+    if isinstance(mask, torch.Tensor) and mask.shape[-1] != width:
+        kept["attention_mask"] = mask[..., :width]  # a preallocated cache's mask spans all its slots
+    for layer in layers:
+        out = layer.forward(hidden, *args[1:], **kept)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden

@@ -1,0 +1,175 @@
+"""Back-patching: a later layer's states of the question, fed back at an earlier layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from sdrt.adapters.backpatch import rms_normalised
+from sdrt.adapters.config import AdapterConfig
+from sdrt.adapters.files import load_adapter, save_adapter
+from sdrt.adapters.model import SDRTAdapter
+from sdrt.models.base import ModelError, TokenLayout
+
+D = 16
+ROWS = ["..iittttaa", "iitttttaaa"]
+
+
+def inputs(rows: list[str]) -> torch.Tensor:
+    return torch.randn(len(rows), len(rows[0]), D, generator=torch.Generator().manual_seed(0))
+
+
+def patch_adapter(model, target: int = 0, source: int = 2, positions=("last_prompt:2",)) -> SDRTAdapter:
+    config = AdapterConfig(
+        layers=[1, 3],
+        rank=2,
+        positions=["answer"],
+        back_patch={
+            "enabled": True,
+            "target_layer": target,
+            "source_layer": source,
+            "rank": 3,
+            "positions": list(positions),
+        },
+    )
+    return SDRTAdapter.for_model(config, model)
+
+
+def randomised(adapter: SDRTAdapter) -> SDRTAdapter:
+    with torch.no_grad():
+        up = adapter.back_patch.up.weight
+        up.copy_(torch.randn(up.shape, generator=torch.Generator().manual_seed(2)))
+    return adapter
+
+
+def test_the_patch_is_what_the_frozen_later_layers_make_of_the_target(standin, layout) -> None:
+    """At layer 0 the last two prompt positions get ``U D rms(h_2)`` of the bare model; nothing else moves."""
+    model = standin(D)
+    x, lay = inputs(ROWS), layout(ROWS)
+    base = model(x, lay)
+    adapter = randomised(patch_adapter(model))
+    with adapter.attach(model), torch.no_grad():
+        edited = model(x, lay)
+    mask = lay.last_prompt_positions(2).bool()
+    expected = base[0].clone()
+    expected[mask] += adapter.back_patch(base[2][mask])
+    torch.testing.assert_close(edited[0], expected)
+    assert torch.equal(edited[0][~mask], base[0][~mask])
+
+
+def test_a_fresh_back_patch_is_the_identity_and_learns(standin, layout) -> None:
+    model = standin(D)
+    model.layers.requires_grad_(False)  # frozen, as a VLM under an adapter is
+    x, lay = inputs(ROWS), layout(ROWS)
+    base = model(x, lay)
+    adapter = patch_adapter(model)
+    with adapter.attach(model):
+        edited = model(x, lay)
+        assert all(torch.equal(a, b) for a, b in zip(base, edited, strict=True))
+        edited[-1][lay.last_prompt_positions(2)].pow(2).sum().backward()
+    assert adapter.back_patch.up.weight.grad.abs().sum() > 0
+
+
+def test_decode_steps_are_not_patched(standin, layout) -> None:
+    model = standin(D)
+    adapter = randomised(patch_adapter(model))
+    step = torch.randn(2, 1, D)
+    with torch.no_grad():
+        base = model.decode(step)
+        with adapter.attach(model):
+            model(inputs(ROWS), layout(ROWS))
+            assert all(torch.equal(a, b) for a, b in zip(base, model.decode(step), strict=True))
+
+
+def test_config_checks_the_layers_and_positions(standin) -> None:
+    with pytest.raises(ValueError, match="must be above target_layer"):
+        AdapterConfig(layers=[2], back_patch={"enabled": True, "target_layer": 2, "source_layer": 2})
+    with pytest.raises(ValueError, match="prompt positions"):
+        AdapterConfig(layers=[2], back_patch={"enabled": True, "positions": ["answer"]})
+    with pytest.raises(Exception, match=r"back_patch.source_layer 9 out of range"):
+        config = AdapterConfig(layers=[1], back_patch={"enabled": True, "source_layer": 9})
+        SDRTAdapter.for_model(config, standin(D))
+    resolved = AdapterConfig(layers=[6, 10], back_patch={"enabled": True}).resolved(30)
+    assert (resolved.back_patch.target_layer, resolved.back_patch.source_layer) == (6, 21)
+    with pytest.raises(ModelError, match="cannot rerun"):
+        standin(D).add_rerun_hook(2, 2, lambda *args: None)
+
+
+def test_saved_and_loaded_with_its_weights(standin, layout, tmp_path) -> None:
+    model = standin(D)
+    x, lay = inputs(ROWS), layout(ROWS)
+    adapter = randomised(patch_adapter(model))
+    with adapter.attach(model), torch.no_grad():
+        before = model(x, lay)
+    save_adapter(adapter, tmp_path)
+    loaded = load_adapter(tmp_path, model)
+    assert loaded.config.back_patch == adapter.config.back_patch
+    with loaded.attach(model), torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(before, model(x, lay), strict=True))
+
+
+def test_rms_normalised_has_unit_root_mean_square() -> None:
+    x = torch.randn(5, D) * 40
+    torch.testing.assert_close(rms_normalised(x).pow(2).mean(-1), torch.ones(5), rtol=1e-4, atol=1e-4)
+
+
+# --- on real (tiny, random) transformers VLMs: masks, rotary positions, the KV cache ---------
+
+PROMPTS = ["What colour is it?", "Count the things in this picture, then say how many there are."]
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2-vl"])
+def tiny(request):
+    from sdrt.models.tiny import load_tiny_model
+
+    model = load_tiny_model(request.param)
+    images = [Image.new("RGB", (32, 32), colour) for colour in ("red", "blue")]
+    return model, images
+
+
+def test_rerun_gives_the_frozen_later_layer_of_the_same_forward(tiny) -> None:
+    """``later()`` at layer 0 equals layer 1's own output: same masks, rotary positions, no cache."""
+    model, images = tiny
+    seen: list[torch.Tensor] = []
+
+    def record(layer: int, hidden: torch.Tensor, layout: TokenLayout, later) -> None:
+        seen.append(later())
+
+    with torch.no_grad(), model.add_rerun_hook(0, 1, record):
+        out = model.score(images, PROMPTS, ["red", "three"], layers=[1])
+    real = out.layout.attention_mask.bool()
+    torch.testing.assert_close(seen[0][real], out.hidden_states[1][real], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_with_a_patch_matches_its_teacher_forced_score(tiny) -> None:
+    """A KV-cached generate gives its first token (prefill) and second (a decode step) the
+    log-probs a score of them gives: the rerun writes nothing into the cache, and decode steps
+    see what training sees."""
+    model, images = tiny
+    tok = model.tokenizer
+    patch = {
+        "enabled": True,
+        "target_layer": 0,
+        "source_layer": 1,
+        "positions": ["first_prompt:4", "last_prompt:3"],
+    }
+    config = AdapterConfig(layers=[1], rank=2, positions=["answer"], back_patch=patch)
+    torch.manual_seed(0)  # the down-projection's initial weights, so the tokens checked are fixed
+    adapter = randomised(SDRTAdapter.for_model(config, model))
+    checked = 0
+    with torch.no_grad():
+        plain = [g.token_ids for g in model.generate(images, PROMPTS, max_new_tokens=2)]
+        with adapter.attached(model):
+            gens = model.generate(images, PROMPTS, max_new_tokens=2)
+            for row, gen in enumerate(gens):
+                first = tok.decode(gen.token_ids[:1])
+                if tok.encode(first, add_special_tokens=False) != gen.token_ids[:1]:
+                    continue
+                scored = model.score(images[row : row + 1], PROMPTS[row : row + 1], [first], append_eos=True)
+                logp = torch.log_softmax(scored.answer_logits[0].float(), dim=-1)  # (T, V)
+                got = [logp[i, token].item() for i, token in enumerate(gen.token_ids[:2])]
+                assert got == pytest.approx(gen.token_logprobs[:2], abs=2e-5)
+                checked += 1
+    assert checked  # at least one row's first token re-tokenises to itself
+    assert [g.token_ids for g in gens] != plain  # the patch acts in generation
