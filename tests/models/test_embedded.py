@@ -77,6 +77,27 @@ def test_generation_logprobs_equal_score_of_generated_text(vlm, images):
         assert scored.answer_logprobs()[0].item() == pytest.approx(generation.logprob, abs=1e-4)
 
 
+def test_a_back_patched_generation_equals_the_score_of_its_text(vlm, images):
+    """The rerun of a back-patch inside the preallocated-cache prefill (whose mask spans every
+    slot) sees what a scored forward sees, and writes nothing into the cache."""
+    from sdrt.adapters.config import AdapterConfig
+    from sdrt.adapters.model import SDRTAdapter
+
+    patch = {"enabled": True, "target_layer": 4, "source_layer": 12, "rank": 4}
+    config = AdapterConfig(layers=[4, 20], positions=["answer"], back_patch=patch)
+    adapter = SDRTAdapter.for_model(config, vlm)
+    with torch.no_grad():
+        adapter.back_patch.up.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+        plain = vlm.generate(images, PROMPTS, max_new_tokens=5)
+        with adapter.attached(vlm):
+            patched = vlm.generate(images, PROMPTS, max_new_tokens=5)
+            for image, prompt, generation in zip(images, PROMPTS, patched, strict=True):
+                ended = generation.token_ids[-1] in vlm.stop_ids
+                scored = vlm.score([image], [prompt], [generation.text], append_eos=ended)
+                assert scored.answer_logprobs()[0].item() == pytest.approx(generation.logprob, abs=1e-4)
+    assert [g.token_logprobs for g in patched] != [g.token_logprobs for g in plain]
+
+
 def generation_list(generations):
     assert isinstance(generations, list)
     return generations
