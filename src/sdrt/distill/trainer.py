@@ -208,14 +208,18 @@ class DistillTrainer:
         return SDRTAdapter.for_model(self.adapter_config(), self.model).to(self.model.device)
 
     def _prefix_cache(self) -> FrozenPrefixCache | None:
-        """Per-example states under the lowest intervened layer (SDRT adapters only: LoRA edits all)."""
+        """Per-example states under the lowest layer the adapter edits (SDRT adapters only: LoRA edits all).
+
+        A back-patch below the interventions lowers that layer; a skip whose source is then
+        computed anyway reads it there, not from the cache.
+        """
         c = self.config
         patch = self.adapter_settings.back_patch
         below = min([*self.layers, *([patch.target_layer] if patch.enabled else [])])
         if c.method != "sdrt" or not c.cache_prefix or below == 0:
             return None
         skip = self.adapter_settings.skip
-        keep = {below - 1} | ({skip.source_layer} if skip.enabled else set())
+        keep = {below - 1} | ({skip.source_layer} if skip.enabled and skip.source_layer < below else set())
         return FrozenPrefixCache(below, sorted(keep), int(c.prefix_cache_gb * 2**30))
 
     def student_forward(
