@@ -532,6 +532,8 @@ def test_killed_alignment_resumes_to_the_same_weights(user_cache, tmp_path, monk
             checkpoint_every=1,
             eval_questions=0,
             lora_rank=2,
+            bf16=False,  # the resume is what is checked (the test below aligns in bfloat16): on a CPU
+            # without bfloat16 units it is emulated, and these three runs would take 9x as long
         )
 
     straight = load_file(alignment.align(config(tmp_path / "straight")) / WEIGHTS_FILE)
