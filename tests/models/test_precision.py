@@ -30,3 +30,13 @@ def test_bfloat16_only_on_cpus_with_bfloat16_units(tmp_path):
 def test_the_demo_runs_in_the_precision_this_machine_runs_fastest():
     assert DemoPlan().dtype == fast_dtype()
     assert DemoPlan(dtype="float32").dtype == "float32"
+
+
+def test_alignment_warns_when_its_bfloat16_would_be_emulated():
+    from sdrt.training.align import emulated_bfloat16_warning
+
+    zen3, sapphire = frozenset({"avx2", "fma"}), frozenset({"avx512_bf16", "amx_bf16"})
+    assert "9x slower" in emulated_bfloat16_warning(True, "cpu", zen3)
+    assert emulated_bfloat16_warning(True, "cpu", sapphire) is None
+    assert emulated_bfloat16_warning(False, "cpu", zen3) is None  # float32 asked for
+    assert emulated_bfloat16_warning(True, "cuda", zen3) is None  # the GPU's bfloat16 is its own

@@ -47,6 +47,7 @@ from sdrt.models.embedded import (
     EmbeddedVLM,
     VisionSpec,
 )
+from sdrt.models.precision import fast_dtype
 from sdrt.training.core import check_settings, load_checkpoint, save_checkpoint, scheduler
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,10 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     optimizer = make_optimizer(vlm, config)
     schedule = scheduler(optimizer, config.warmup_steps, config.steps)
     start = resume(vlm, optimizer, schedule, config)
+    slow = emulated_bfloat16_warning(config.bf16, vlm.device.type)
+    if slow:
+        log.warning(slow)
+        note(config, slow)
     note(
         config,
         f"aligning: {len(data.easyvqa)} easy-vqa questions + {len(data.scenes)} scenes, "
@@ -232,6 +237,23 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
             checkpoint(vlm, optimizer, schedule, config, step + 1)
     accuracy = quick_eval(vlm, config) if config.eval_questions else None
     return export_weights(vlm, config, accuracy)
+
+
+def emulated_bfloat16_warning(
+    bf16: bool, device_type: str, flags: frozenset[str] | None = None
+) -> str | None:
+    """What to tell a user whose bfloat16 autocast runs on a CPU that only emulates it.
+
+    ``bf16`` stays on by default, since the recorded alignment commands ran with it; on such a
+    CPU (``flags``: its feature flags, default read from ``/proc/cpuinfo``) it is about nine
+    times slower than float32 (docs/performance.md, Precision).
+    """
+    if not bf16 or device_type != "cpu" or fast_dtype(flags) == "bfloat16":
+        return None
+    return (
+        "bf16 autocast on a CPU without bfloat16 units (no AVX-512 BF16, no AMX): emulated, about "
+        "9x slower than float32; set bf16: false to align in float32 (other rounding, other weights)"
+    )
 
 
 def note(config: AlignConfig, message: str) -> None:
