@@ -30,7 +30,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from transformers.cache_utils import Cache
 
 Role = str  # "system" | "user" | "assistant"
 Conversation = list[tuple[Role, str]]
@@ -433,10 +432,10 @@ def _rerun(
     that is running, not to this frozen rerun. Without the cache only this forward's positions
     are keys, so the forward must start from an empty cache (a prefill, a scored forward).
     """
-    caches = [value for value in kwargs.values() if isinstance(value, Cache)]
+    caches = [value for value in kwargs.values() if _is_kv_cache(value)]
     if any(cache.get_seq_length(first) > 0 for cache in caches):  # layer ``first`` has not run yet
         raise ModelError("layers can only be rerun in a forward that starts from an empty KV cache")
-    kept = {key: None if isinstance(value, Cache) else value for key, value in kwargs.items()}
+    kept = {key: None if _is_kv_cache(value) else value for key, value in kwargs.items()}
     if "use_cache" in kept:
         kept["use_cache"] = False
     mask, width = kept.get("attention_mask"), hidden.shape[1]
@@ -446,3 +445,9 @@ def _rerun(
         out = layer.forward(hidden, *args[1:], **kept)
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
+
+
+def _is_kv_cache(value: Any) -> bool:
+    """A transformers ``Cache`` by its interface: importing transformers here would cost every
+    light import of this module a second."""
+    return callable(getattr(value, "get_seq_length", None)) and callable(getattr(value, "update", None))
