@@ -1,4 +1,5 @@
-"""A small stand-in VLM (residual linear layers, one hook point each) and layout helpers."""
+"""A small stand-in VLM (residual linear layers, one hook point each), layout helpers, and a
+generation-against-score check shared by the adapter tests on real backends."""
 
 from __future__ import annotations
 
@@ -94,3 +95,26 @@ def standin() -> Callable[..., StandInVLM]:
 @pytest.fixture
 def layout() -> Callable[[list[str]], TokenLayout]:
     return layout_from
+
+
+def first_two_tokens_match_score(model, images, prompts, generations) -> int:
+    """Per row, the first generated token's log-prob (the prefill) and the second's (a decode
+    step) against a teacher-forced score of the first token; returns how many rows were checked
+    (a row whose first token does not re-tokenise to itself cannot be scored and is left out)."""
+    tok, checked = model.tokenizer, 0
+    for row, gen in enumerate(generations):
+        first = tok.decode(gen.token_ids[:1])
+        if tok.encode(first, add_special_tokens=False) != gen.token_ids[:1]:
+            continue
+        # answer = [first token, eos]: logits at the first token's position predict the second
+        scored = model.score(images[row : row + 1], prompts[row : row + 1], [first], append_eos=True)
+        logp = torch.log_softmax(scored.answer_logits[0].float(), dim=-1)  # (T, V)
+        got = [logp[i, token].item() for i, token in enumerate(gen.token_ids[:2])]
+        assert got == pytest.approx(gen.token_logprobs[:2], abs=2e-5)
+        checked += 1
+    return checked
+
+
+@pytest.fixture
+def decode_matches_score() -> Callable[..., int]:
+    return first_two_tokens_match_score

@@ -71,23 +71,12 @@ def test_trained_adapter_edits_and_follows_left_padding(tiny) -> None:
     torch.testing.assert_close(batch[:1, :width], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_decode_steps_match_teacher_forced_score(tiny) -> None:
+def test_decode_steps_match_teacher_forced_score(tiny, decode_matches_score) -> None:
     """The second generated token's log-prob (a decode step) equals the score of that token."""
     model, images = tiny
-    tok = model.tokenizer
     with make_adapter(model, randomise=True).attached(model), torch.no_grad():
         gens = model.generate(images, PROMPTS, max_new_tokens=2)
-        checked = 0
-        for row, gen in enumerate(gens):
-            first = tok.decode(gen.token_ids[:1])
-            if tok.encode(first, add_special_tokens=False) != gen.token_ids[:1]:
-                continue
-            # answer = [first token, eos]: logits at the first token's position predict the second
-            scored = model.score(images[row : row + 1], PROMPTS[row : row + 1], [first], append_eos=True)
-            logp = torch.log_softmax(scored.answer_logits[0].float(), dim=-1)  # (T, V)
-            assert logp[0, gen.token_ids[0]].item() == pytest.approx(gen.token_logprobs[0], abs=2e-5)
-            assert logp[1, gen.token_ids[1]].item() == pytest.approx(gen.token_logprobs[1], abs=2e-5)
-            checked += 1
+        checked = decode_matches_score(model, images, PROMPTS, gens)
     if not checked:
         pytest.skip("no generated first token re-tokenises to itself")
 
