@@ -317,16 +317,7 @@ class VisionLanguageModel(ABC):
         """Register ``hook`` on decoder layer ``layer``; the handle works as a context manager."""
         if not 0 <= layer < self.num_layers:
             raise ModelError(f"{self.name}: layer {layer} out of range (model has {self.num_layers})")
-
-        def torch_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            layout = self.current_layout(hidden)
-            new = hook(layer, hidden, layout)
-            if new is None:
-                return output
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return self.decoder_layers[layer].register_forward_hook(torch_hook)
+        return self._hook_hidden(layer, lambda hidden, layout, args, kwargs: hook(layer, hidden, layout))
 
     def add_rerun_hook(self, layer: int, upto: int, hook: RerunHook) -> RemovableHandle:
         """Register ``hook`` on ``layer``, offering it what layers ``layer+1 .. upto`` make of its output.
@@ -343,10 +334,19 @@ class VisionLanguageModel(ABC):
             )
         above = [self.decoder_layers[i] for i in range(layer + 1, upto + 1)]
 
+        def offered(hidden: torch.Tensor, layout: TokenLayout, args: tuple, kwargs: dict[str, Any]) -> Any:
+            return hook(layer, hidden, layout, lambda: _rerun(above, layer + 1, hidden, args, kwargs))
+
+        return self._hook_hidden(layer, offered)
+
+    def _hook_hidden(self, layer: int, edit: Callable[..., torch.Tensor | None]) -> RemovableHandle:
+        """The one torch forward hook behind ``add_layer_hook`` and ``add_rerun_hook``:
+        ``edit(hidden, layout, args, kwargs)`` sees the layer's hidden states and the forward's
+        layout; what it returns (unless ``None``) replaces them in the layer's output."""
+
         def torch_hook(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-            hidden = output[0] if isinstance(output, tuple) else output
-            layout = self.current_layout(hidden)
-            new = hook(layer, hidden, layout, lambda: _rerun(above, layer + 1, hidden, args, kwargs))
+            hidden = _hidden_of(output)
+            new = edit(hidden, self.current_layout(hidden), args, kwargs)
             if new is None:
                 return output
             return (new, *output[1:]) if isinstance(output, tuple) else new
@@ -364,7 +364,7 @@ class VisionLanguageModel(ABC):
 
         def record(layer: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                captured[layer] = output[0] if isinstance(output, tuple) else output
+                captured[layer] = _hidden_of(output)
 
             return hook
 
@@ -442,9 +442,13 @@ def _rerun(
     if isinstance(mask, torch.Tensor) and mask.shape[-1] != width:
         kept["attention_mask"] = mask[..., :width]  # a preallocated cache's mask spans all its slots
     for layer in layers:
-        out = layer.forward(hidden, *args[1:], **kept)
-        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = _hidden_of(layer.forward(hidden, *args[1:], **kept))
     return hidden
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    """A decoder layer's hidden states, whether it returns them alone or first in a tuple."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def _is_kv_cache(value: Any) -> bool:
