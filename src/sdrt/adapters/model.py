@@ -33,6 +33,15 @@ def is_decode_step(layout: TokenLayout) -> bool:
     return layout.seq_len == 1 and bool(layout.answer_mask.all()) and not bool(layout.image_mask.any())
 
 
+def added_at(
+    hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """``hidden`` (B, L, d) with ``delta`` (N, d) added at positions (rows, cols), summed in fp32
+    (the adapter's precision) and stored back in the model's dtype."""
+    added = hidden[rows, cols].float() + delta  # (N, d)
+    return hidden.index_put((rows, cols), added.to(hidden.dtype))
+
+
 class AdapterHandle:
     """Removes every hook an ``attach`` registered; also a context manager."""
 
@@ -211,8 +220,7 @@ class SDRTAdapter(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and hidden.requires_grad):
             source = later()  # (B, L, d): frozen layers above, no gradient unless something below trains
         rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        added = hidden[rows, cols].float() + self.back_patch(source[rows, cols])  # (N, d)
-        return hidden.index_put((rows, cols), added.to(hidden.dtype))
+        return added_at(hidden, rows, cols, self.back_patch(source[rows, cols]))
 
     def _edit_hook(self, layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
         decode = is_decode_step(layout)
@@ -240,8 +248,7 @@ class SDRTAdapter(nn.Module):
         # a row whose prompt is shorter than the slots holds only the last ones
         first = self.pause_tokens - slots.sum(1)  # (B,)
         which = first[rows] + slots.long().cumsum(1)[rows, cols] - 1  # (N,) slot index
-        added = hidden[rows, cols].float() + self.pause_states[which]  # (N, d)
-        return hidden.index_put((rows, cols), added.to(hidden.dtype))
+        return added_at(hidden, rows, cols, self.pause_states[which])
 
     @property
     def pause_tokens(self) -> int:
