@@ -211,8 +211,7 @@ def align(config: AlignConfig, on_step: Callable[[int, float], None] | None = No
     start = resume(vlm, optimizer, schedule, config)
     slow = emulated_bfloat16_warning(config.bf16, vlm.device.type)
     if slow:
-        log.warning(slow)
-        note(config, slow)
+        note(config, slow, logging.WARNING)
     note(
         config,
         f"aligning: {len(data.easyvqa)} easy-vqa questions + {len(data.scenes)} scenes, "
@@ -256,9 +255,9 @@ def emulated_bfloat16_warning(
     )
 
 
-def note(config: AlignConfig, message: str) -> None:
-    """Progress goes to the log and to ``out/train_log.txt``, which outlives the terminal."""
-    log.info(message)
+def note(config: AlignConfig, message: str, level: int = logging.INFO) -> None:
+    """Progress goes to the log (at ``level``) and to ``out/train_log.txt``, which outlives the terminal."""
+    log.log(level, message)
     with open(config.out / LOG_FILE, "a") as handle:
         handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
