@@ -52,13 +52,13 @@ def measure_adapter(
     adapter = sdrt_adapter(model, trained)
     watch, answers = Stopwatch(), []
     with adapter.attached(model):
-        pause = adapter.pause_tokens
+        layout = adapter.layout
         warm_up = model.encode_images(inputs.images[:1])
-        answer_direct(model, inputs.records[:1], warm_up, budget, pause_tokens=pause)
+        answer_direct(model, inputs.records[:1], warm_up, budget, layout=layout)
         for rows in batches(len(inputs.records), batch_size):
             with watch.timing(model.device):
                 encoded = model.encode_images(inputs.images[rows])
-                batch = answer_direct(model, inputs.records[rows], encoded, budget, pause_tokens=pause)
+                batch = answer_direct(model, inputs.records[rows], encoded, budget, layout=layout)
                 answers.extend(batch)
     described = f"trained, {trained}" if trained else "identity (freshly built: the cost of a pass only)"
     return DirectRun(watch, answers, described)

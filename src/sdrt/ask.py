@@ -7,7 +7,7 @@ from pathlib import Path
 from sdrt.config import LoadOptions
 from sdrt.data.records import VQARecord
 from sdrt.models import load_model
-from sdrt.prompts.library import PromptLibrary
+from sdrt.prompts.library import PromptLibrary, StudentLayout
 from sdrt.reasoning.modes import Answer, answer_with_mode, parse_mode
 from sdrt.traces.job import select_prompts
 
@@ -41,15 +41,15 @@ def ask_question(
     for prompt_id in prompt_ids or []:
         library.get(prompt_id)  # an unknown id fails before the model loads
     model = load_model(model_name, load)
-    pause = 0
+    layout = StudentLayout()
     if adapter is not None:
         from sdrt.adapters.files import load_adapter
 
         attached = load_adapter(adapter, model)
         attached.attach(model)
-        pause = attached.pause_tokens
+        layout = attached.layout
     elif kind == "adapter":
         raise ValueError("--mode adapter needs --adapter DIR")
     encoded = model.encode_images([picture])
     prompts = select_prompts(library, prompt_ids, k, record.task_type)
-    return answer_with_mode(model, [record], encoded, mode, prompts, library.get, pause_tokens=pause)[0]
+    return answer_with_mode(model, [record], encoded, mode, prompts, library.get, layout=layout)[0]

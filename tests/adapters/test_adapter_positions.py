@@ -14,6 +14,8 @@ CASES = [
     ("last_prompt:2", ["..iittaa", "iitttaaa"], ["----xx--", "---xx---"]),
     ("last_prompt:5", ["...ittaa", "iitttaaa"], ["---xxx--", "xxxxx---"]),
     ("all_text", ["..iittaa", "iitttaaa"], ["----xxxx", "--xxxxxx"]),
+    ("image", ["..ttiita", "tiiittaa"], ["----xx--", "-xxx----"]),
+    (["image", "first_prompt:1"], ["..ttiita", "tiiittaa"], ["----xxx-", "-xxxx---"]),
     (["last_prompt:1", "answer"], ["..iittaa", "....itta"], ["-----xxx", "------xx"]),
     ("last_prompt:3", ["...iitt", "iittttt"], ["----xxx", "----xxx"]),  # prompt-only rows (prefill)
     # text before the image (a system turn) is not counted; only text after the last image token
@@ -63,6 +65,7 @@ def test_decode_step_edits_answer_only() -> None:
     assert not position_mask("first_prompt:2", step).any()
     assert position_mask(["last_prompt:4", "answer"], step).all()
     assert position_mask("all_text", step).all()
+    assert not position_mask("image", step).any()
 
 
 def test_bad_specs_are_all_reported() -> None:

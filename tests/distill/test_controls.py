@@ -138,9 +138,12 @@ def test_controls_refuse_teacher_losses():
         DistillConfig(method="lora-sft", loss={"hidden": 1.0, "ce": 0.0})
 
 
-def test_lora_sft_has_no_pause_slots():
+def test_lora_sft_has_no_pause_slots_and_reads_its_own_layout():
     with pytest.raises(ValueError, match="pause_tokens are the SDRT adapter's"):
         DistillConfig(method="lora-sft", loss={"hidden": 0.0, "ce": 1.0}, adapter={"pause_tokens": 4})
+    with pytest.raises(ValueError, match="reads lora.question_first"):
+        DistillConfig(method="lora-sft", loss={"hidden": 0.0, "ce": 1.0}, adapter={"question_first": True})
+    assert DistillConfig(method="lora-sft", loss={"hidden": 0.0, "ce": 1.0}, lora={"question_first": True})
 
 
 def test_retained_questions_train_on_the_models_own_answers_and_the_rest_on_the_ensemble(

@@ -14,7 +14,7 @@ from sdrt.adapters.files import load_adapter
 from sdrt.distill.config import DistillConfig
 from sdrt.distill.data import load_distill_examples
 from sdrt.distill.trainer import DistillError, run_distillation, snapshot_folder
-from sdrt.prompts.library import PromptLibrary, direct_prompt
+from sdrt.prompts.library import PromptLibrary, StudentLayout, direct_prompt
 from sdrt.training.core import fingerprint_mismatch
 
 
@@ -306,10 +306,36 @@ def test_the_student_opens_its_answer_with_the_adapters_pause_slots(
         (ex.record.question, tuple(ex.record.choices or ())) for ex in load_distill_examples(trace_dir)
     }
     assert len(scored) == 3 * 2
+    slots = StudentLayout(pause_tokens=2)
     for prompt in scored:
         assert prompt[-1] == ("assistant", ". .")
-        assert any(prompt == direct_prompt(q, list(c) or None, 2) for q, c in questions), prompt
+        assert any(prompt == direct_prompt(q, list(c) or None, slots) for q, c in questions), prompt
     assert weights(tmp_path)["pause_states"].abs().sum(-1).gt(0).all()  # both slots learned
+
+
+@pytest.mark.parametrize("method", ["sdrt", "lora-sft"])
+def test_the_student_is_asked_the_question_before_the_image_when_its_adapter_says_so(
+    tiny_model, trace_dir, tmp_path, monkeypatch, method
+):
+    scored = []  # cross-entropy only: every conversation scored is the student's
+    real_score = tiny_model.score
+
+    def recording_score(images, prompts, *args, **kwargs):
+        scored.extend(prompts)
+        return real_score(images, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "score", recording_score)
+    monkeypatch.setattr(tiny_model, "system_prompt", "Look closely.")
+    settings = {"steps": 2, "warmup_steps": 0, "loss": {"hidden": 0.0, "ce": 1.0}, "method": method}
+    where = "adapter" if method == "sdrt" else "lora"
+    run_distillation(config(trace_dir, tmp_path, **{where: {"question_first": True}}, **settings), tiny_model)
+    layout = StudentLayout(question_first=True)
+    asked = {
+        tuple(direct_prompt(ex.record.question, ex.record.choices, layout, "Look closely."))
+        for ex in load_distill_examples(trace_dir)
+    }
+    assert len(scored) == 2 * 2 and all(tuple(prompt) in asked for prompt in scored), scored
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["question_first"] is True
 
 
 def test_a_back_patch_trains_and_is_saved_with_its_layers(tiny_model, trace_dir, tmp_path) -> None:

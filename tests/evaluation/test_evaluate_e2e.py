@@ -278,12 +278,25 @@ def test_eval_config_defaults_to_easy_vqa_only_without_own_data():
     assert EvalConfig(data=[{"file": "x.jsonl", "metric": "exact_match"}]).benchmark_names == []
 
 
+def _opened_with_two_pause_marks(plain: list) -> list:
+    return [*plain, ("assistant", ". .")]
+
+
+def _question_stated_first(plain: list) -> list:
+    question = plain[0][1].split("\n")[0]  # the short-answer prompt's first line, or the open question
+    return [("system", f"Question: {question}"), *plain]
+
+
 @pytest.mark.parametrize("benchmark", ["easy-vqa", "scenes-describe"])  # short answer, open reply
-def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, monkeypatch, benchmark):
+@pytest.mark.parametrize(
+    ("layout", "laid_out"),
+    [({"pause_tokens": 2}, _opened_with_two_pause_marks), ({"question_first": True}, _question_stated_first)],
+)
+def test_adapter_mode_asks_in_the_adapters_student_layout(tmp_path, monkeypatch, benchmark, layout, laid_out):
     from sdrt.models.hf import HFVisionLanguageModel
 
     model = load_tiny_model("llava")
-    config = AdapterConfig(layers=[1], rank=2, pause_tokens=2)
+    config = AdapterConfig(layers=[1], rank=2, **layout)
     folder = save_adapter(SDRTAdapter.for_model(config, model), tmp_path / "adapter")
     asked = []  # every prompt generated from, in order: the direct mode's, then the adapter's
     real_generate = HFVisionLanguageModel.generate
@@ -299,4 +312,4 @@ def test_adapter_mode_opens_the_answer_with_the_adapters_pause_slots(tmp_path, m
     assert len(adapter) == 3
     assert all(prompt[-1][0] == "user" for prompt in direct)
     for prompt, plain in zip(adapter, direct, strict=True):
-        assert prompt == [*plain, ("assistant", ". .")]
+        assert prompt == laid_out(plain)

@@ -16,9 +16,9 @@ def assert_same_generations(mine, plain, atol: float = 2e-4) -> None:
 def assert_answer_opens_with_pause_marks(model, image, question: str = "What colour is the circle?") -> None:
     """A prompt that opens its answer with pause marks renders as the plain prompt (its
     generation header included) followed by the marks, one token each, and nothing after them."""
-    from sdrt.prompts.library import direct_prompt
+    from sdrt.prompts.library import StudentLayout, direct_prompt
 
-    plain, opened = direct_prompt(question), direct_prompt(question, pause_tokens=5)
+    plain, opened = direct_prompt(question), direct_prompt(question, layout=StudentLayout(pause_tokens=5))
     rendered = model.render_prompt(opened)
     assert rendered.startswith(model.render_prompt(plain))
     assert rendered.endswith(opened[-1][1])

@@ -235,6 +235,18 @@ def test_render_prompt_puts_the_image_in_the_first_user_turn(vlm):
     assert SYSTEM_PROMPT not in own_system and "Be terse." in own_system
 
 
+def test_a_question_first_prompt_states_the_question_before_the_image(vlm):
+    from sdrt.models.embedded import IMAGE_PLACEHOLDER, SYSTEM_PROMPT
+    from sdrt.prompts.library import StudentLayout, direct_prompt
+
+    layout = StudentLayout(question_first=True)
+    rendered = vlm.render_prompt(direct_prompt("Which colour?", layout=layout, system=vlm.system_prompt))
+    before, after = rendered.split(IMAGE_PLACEHOLDER)
+    assert before.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}\nQuestion: Which colour?<|im_end|>")
+    assert after.startswith("\nWhich colour?\n")  # asked again after the image, as the plain prompt asks it
+    assert vlm.render_prompt(direct_prompt("Which colour?")).split(IMAGE_PLACEHOLDER)[1] == after
+
+
 @pytest.mark.parametrize(
     ("call", "error", "words"),
     [

@@ -75,7 +75,7 @@ def test_traces_without_a_batch_size_size_it_from_the_longest_conversation(tiny_
 
 def test_direct_rows_are_sized_as_asked_with_pause_slots_and_open_replies(tiny_model, monkeypatch):
     from sdrt.data import load_records
-    from sdrt.prompts.library import direct_prompt, pause_turn
+    from sdrt.prompts.library import StudentLayout, direct_prompt, pause_turn
     from sdrt.reasoning.modes import GenerationBudget, batch_size_for
 
     seen = []
@@ -85,9 +85,10 @@ def test_direct_rows_are_sized_as_asked_with_pause_slots_and_open_replies(tiny_m
     first = load_records("easy-vqa", split="train", limit=1)[0]
     image = tiny_model.encode_images([first.load_image()])[0]
     budget = GenerationBudget(answer_tokens=6, open_tokens=50)
-    assert batch_size_for(tiny_model, first, [], budget, pause_tokens=8) == 3
-    assert batch_size_for(tiny_model, first, [], budget, open_ended=True, pause_tokens=8) == 3
-    short = tiny_model.prompt_tokens(image, direct_prompt(first.question, first.choices, 8)) + 6
+    slots = StudentLayout(pause_tokens=8)
+    assert batch_size_for(tiny_model, first, [], budget, layout=slots) == 3
+    assert batch_size_for(tiny_model, first, [], budget, open_ended=True, layout=slots) == 3
+    short = tiny_model.prompt_tokens(image, direct_prompt(first.question, first.choices, slots)) + 6
     opened = tiny_model.prompt_tokens(image, [("user", first.question), *pause_turn(8)]) + 50
     assert seen == [(short, 1), (opened, 1)]
     plain = tiny_model.prompt_tokens(image, direct_prompt(first.question, first.choices)) + 6

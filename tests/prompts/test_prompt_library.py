@@ -11,6 +11,7 @@ from sdrt.prompts import (
     DualQueryPrompt,
     PromptError,
     PromptLibrary,
+    StudentLayout,
     direct_prompt,
     prompt_set_hash,
 )
@@ -112,10 +113,23 @@ def test_direct_prompt_matches_the_standard_instructions() -> None:
 
 def test_pause_slots_open_the_answer_turn_after_the_direct_question() -> None:
     question = direct_prompt("Colour?", ["red", "blue"])
-    assert direct_prompt("Colour?", ["red", "blue"], pause_tokens=0) == question
-    assert direct_prompt("Colour?", ["red", "blue"], pause_tokens=3) == [*question, ("assistant", ". . .")]
+    assert direct_prompt("Colour?", ["red", "blue"], StudentLayout(pause_tokens=0)) == question
+    assert direct_prompt("Colour?", ["red", "blue"], StudentLayout(pause_tokens=3)) == [
+        *question,
+        ("assistant", ". . ."),
+    ]
     with pytest.raises(ValueError, match="pause_tokens must be >= 0"):
-        direct_prompt("Colour?", pause_tokens=-1)
+        direct_prompt("Colour?", layout=StudentLayout(pause_tokens=-1))
+
+
+def test_question_first_states_the_question_in_a_system_turn_before_the_rest() -> None:
+    question = direct_prompt(" Colour? ", ["red", "blue"])
+    first = direct_prompt(" Colour? ", ["red", "blue"], StudentLayout(question_first=True), "Be brief.")
+    assert first == [("system", "Be brief.\nQuestion: Colour?"), *question]
+    alone = direct_prompt("Colour?", layout=StudentLayout(question_first=True))
+    assert alone[0] == ("system", "Question: Colour?")
+    both = direct_prompt("Colour?", layout=StudentLayout(pause_tokens=2, question_first=True))
+    assert [role for role, _ in both] == ["system", "user", "assistant"]
 
 
 def test_literal_braces_and_analysis_with_braces_survive() -> None:

@@ -92,6 +92,9 @@ class AdapterConfig(BaseModel):
     # pass (Goyal et al., 2024, "Think before you speak"). 0: none.
     pause_tokens: int = Field(default=0, ge=0, le=64)
     back_patch: BackPatchConfig = Field(default_factory=BackPatchConfig)
+    # The student's prompt also states the question in a system turn before the image, so the
+    # image positions are computed with the question in view (``StudentLayout``).
+    question_first: bool = False
     base_model: str = ""
     base_model_config_hash: str = ""
     prompt_library_hash: str = ""

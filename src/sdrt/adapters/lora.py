@@ -26,6 +26,7 @@ from torch import nn
 import sdrt
 from sdrt.adapters.config import AdapterError
 from sdrt.models.base import VisionLanguageModel
+from sdrt.prompts.library import StudentLayout
 
 METHOD = "lora-sft"
 
@@ -38,6 +39,7 @@ class LoRAAdapterConfig(BaseModel):
     rank: int = Field(default=8, ge=1)
     alpha: int = Field(default=16, ge=1)
     target_modules: list[str] = Field(default_factory=list)  # empty: every linear layer's name
+    question_first: bool = False  # the student's prompt states the question before the image too
     base_model: str = ""
     base_model_config_hash: str = ""
 
@@ -88,9 +90,9 @@ class LoRAAdapter:
         return sum(p.numel() for p in self.parameters())
 
     @property
-    def pause_tokens(self) -> int:
-        """LoRA edits every position it has; its prompts open no pause slots."""
-        return 0
+    def layout(self) -> StudentLayout:
+        """How its prompts are laid out; LoRA edits every position it has, so it opens no pause slots."""
+        return StudentLayout(question_first=self.config.question_first)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict

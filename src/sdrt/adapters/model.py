@@ -26,6 +26,7 @@ from sdrt.adapters.positions import parse_position_specs, pause_slots, position_
 from sdrt.adapters.skip import CrossModalSkip
 from sdrt.adapters.weighting import PromptGate, check_prompt_weights, gate_loss, pool_prompt_states
 from sdrt.models.base import TokenLayout, VisionLanguageModel
+from sdrt.prompts.library import StudentLayout
 
 
 def is_decode_step(layout: TokenLayout) -> bool:
@@ -254,6 +255,11 @@ class SDRTAdapter(nn.Module):
     def pause_tokens(self) -> int:
         """Pause marks the adapter's prompts open their answer with (``direct_prompt``)."""
         return self.config.pause_tokens
+
+    @property
+    def layout(self) -> StudentLayout:
+        """How the adapter's prompts are laid out, as it was trained on them."""
+        return StudentLayout(self.config.pause_tokens, self.config.question_first)
 
     def _skip_context(
         self, layer: int, layout: TokenLayout, rows: torch.Tensor, cols: torch.Tensor, batch: int

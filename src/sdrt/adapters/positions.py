@@ -8,7 +8,9 @@ A spec is a short string, so that configs stay plain data:
 * ``"first_prompt:N"``: the first ``N`` prompt-text positions after the image (LoReFT edits the
   first and the last prompt positions; in a VLM the text right after the image is where the
   question starts and the image has been read; none in a decode step);
-* ``"all_text"``: every real token that is not an image token (prompt text and answer).
+* ``"all_text"``: every real token that is not an image token (prompt text and answer);
+* ``"image"``: every image token (where a question stated before the image, ``question_first``,
+  can be read while the image is; none in a decode step).
 
 A list of specs edits the union. Every mask comes from the layout, which already accounts for
 left padding, so a row edits the same tokens whether it runs alone or inside a padded batch.
@@ -28,7 +30,7 @@ import torch
 
 from sdrt.models.base import TokenLayout
 
-KINDS = ("answer", "last_prompt", "first_prompt", "all_text")
+KINDS = ("answer", "last_prompt", "first_prompt", "all_text", "image")
 COUNTED = ("last_prompt", "first_prompt")
 
 
@@ -46,13 +48,13 @@ class PositionSpec:
 def parse_position_spec(spec: str) -> PositionSpec:
     """Parse one spec string; raise ``ValueError`` naming the accepted forms."""
     text = spec.strip()
-    if text in ("answer", "all_text"):
+    if text in ("answer", "all_text", "image"):
         return PositionSpec(text)
     kind, sep, count = text.partition(":")
     if kind in COUNTED and sep and count.isdigit() and int(count) > 0:
         return PositionSpec(kind, int(count))
     raise ValueError(
-        f"bad position spec {spec!r}: expected 'answer', 'all_text', 'last_prompt:N' or "
+        f"bad position spec {spec!r}: expected 'answer', 'all_text', 'image', 'last_prompt:N' or "
         "'first_prompt:N' with N >= 1"
     )
 
@@ -81,6 +83,8 @@ def _one_mask(spec: PositionSpec, layout: TokenLayout, pause: int, slots: torch.
         return layout.answer_mask.bool() & real
     if spec.kind == "all_text":
         return real & ~layout.image_mask.bool()
+    if spec.kind == "image":
+        return real & layout.image_mask.bool()
     if spec.kind == "first_prompt":
         return first_text_after_image(layout, spec.count)
     return layout.last_prompt_positions(spec.count + pause).bool() & ~slots

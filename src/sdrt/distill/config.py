@@ -141,6 +141,11 @@ class DistillConfig(LoadOptions):
                 "adapter.pause_tokens are the SDRT adapter's learned positions; method lora-sft "
                 "has none: set it to 0 or train method sdrt"
             )
+        if self.method == "lora-sft" and self.adapter.question_first:
+            raise ValueError(
+                "adapter.question_first lays out the SDRT adapter's prompts; method lora-sft "
+                "reads lora.question_first"
+            )
         return self
 
     @model_validator(mode="after")

@@ -329,8 +329,8 @@ class DistillTrainer:
     def micro_step_loss(self, batch: list[DistillExample]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
-        pause = self.adapter.pause_tokens
-        prompts = [direct_prompt(ex.record.question, ex.record.choices, pause) for ex in batch]
+        layout, system = self.adapter.layout, self.model.system_prompt
+        prompts = [direct_prompt(ex.record.question, ex.record.choices, layout, system) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
         if not self.config.reads_teachers:  # cross-entropy on the pseudo-labels alone
             written = self.written_labels(batch)

@@ -20,7 +20,7 @@ from sdrt.evaluation.metrics import score
 from sdrt.evaluation.stats import bootstrap_ci, paired_difference
 from sdrt.models.base import VisionLanguageModel
 from sdrt.progress import progress_bar
-from sdrt.prompts.library import PromptLibrary
+from sdrt.prompts.library import PromptLibrary, StudentLayout
 from sdrt.reasoning.modes import (
     GenerationBudget,
     answer_with_mode,
@@ -120,10 +120,10 @@ def evaluate_mode(
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     on_progress: Callable[[int], None] | None = None,
-    pause_tokens: int = 0,
+    layout: StudentLayout = StudentLayout(),
 ) -> list[ItemResult]:
     """``prompt_ids``: the ensemble's prompts (default: the first ``k`` suited to the benchmark).
-    ``pause_tokens``: the attached adapter's pause slots (mode ``adapter``).
+    ``layout``: the attached adapter's student layout (mode ``adapter``).
 
     ``batch_size`` None: chosen from free GPU memory for this mode's rows (8 on a CPU).
     """
@@ -138,7 +138,7 @@ def evaluate_mode(
             reasoning,
             budget,
             open_ended=benchmark.prompt_style == "open",
-            pause_tokens=pause_tokens,
+            layout=layout,
         )
     batch_size = batch_size or 8
     items: dict[int, ItemResult] = {}
@@ -156,7 +156,7 @@ def evaluate_mode(
             budget,
             strategy,
             open_ended=benchmark.prompt_style == "open",
-            pause_tokens=pause_tokens,
+            layout=layout,
         )
         seconds = (time.perf_counter() - began) / len(batch)
         for row, record, answer in zip(rows, batch, answers, strict=True):
@@ -317,7 +317,7 @@ def evaluate(
                     budget=budget,
                     strategy=strategy,
                     on_progress=advance,
-                    pause_tokens=adapter.pause_tokens if use_adapter else 0,
+                    layout=adapter.layout if use_adapter else StudentLayout(),
                 )
             by_mode[mode] = items
             results.items.extend(items)

@@ -204,6 +204,10 @@ class VisionLanguageModel(ABC):
     it makes, so hooks always know the roles of the positions they see.
     """
 
+    system_prompt: str | None = None
+    """The system text a prompt without a system turn gets from the backend itself (None: the
+    chat template's own default), for a prompt that writes its own system turn to keep."""
+
     def __init__(self, name: str, device: torch.device | str = "cpu") -> None:
         self.name = name
         self.device = torch.device(device)

@@ -139,6 +139,8 @@ class EmbeddedBatch:
 class EmbeddedVLM(VisionLanguageModel):
     """The offline default backend (``--model embedded``); see the module docstring."""
 
+    system_prompt = SYSTEM_PROMPT
+
     def __init__(
         self,
         lm: nn.Module,

@@ -81,18 +81,54 @@ def answer_instruction(choices: Sequence[str] | None) -> str:
     return CHOICE_INSTRUCTION if choices else SHORT_ANSWER_INSTRUCTION
 
 
-def direct_prompt(question: str, choices: Sequence[str] | None = None, pause_tokens: int = 0) -> Conversation:
-    """The no-reasoning baseline: question, options if any, and the standard answer instruction.
+@dataclass(frozen=True)
+class StudentLayout:
+    """How the one-pass student's prompt is laid out: an adapter's choice, saved with it, so
+    that it is asked at evaluation exactly as it was trained.
 
     ``pause_tokens`` > 0 opens the answer with that many pause marks (an unfinished assistant
     turn the answer continues): the positions where an adapter with pause slots writes its
     learned states, so the one pass has room to compute before the first answer token.
+    ``question_first`` also states the question in a system turn, before the image: a causal
+    model's image positions then see the question, so the work of finding what it asks about
+    can be spread over them, layer by layer, rather than left to the few positions after it.
+    """
+
+    pause_tokens: int = 0
+    question_first: bool = False
+
+
+QUESTION_PREVIEW = "Question: {question}"
+"""The system turn's line that states the question before the image (``question_first``)."""
+
+
+def direct_prompt(
+    question: str,
+    choices: Sequence[str] | None = None,
+    layout: StudentLayout = StudentLayout(),
+    system: str | None = None,
+) -> Conversation:
+    """The no-reasoning baseline: question, options if any, and the standard answer instruction.
+
+    ``layout``: an adapter's student layout (the plain baseline by default). ``system``: the
+    model's own system text, which a ``question_first`` system turn keeps before the question
+    (it replaces the model's default otherwise).
     """
     lines = [_clean_question(question)]
     if choices:
         lines.append(format_options(choices))
     lines.append(answer_instruction(choices))
-    return [("user", "\n".join(lines)), *pause_turn(pause_tokens)]
+    return laid_out("\n".join(lines), lines[0], layout, system)
+
+
+def laid_out(request: str, question: str, layout: StudentLayout, system: str | None = None) -> Conversation:
+    """The one user turn ``request`` in a student ``layout``: its answer opened with the pause
+    slots, and ``question`` stated in a system turn before the image (after ``system``)."""
+    asked: Conversation = [("user", request), *pause_turn(layout.pause_tokens)]
+    if not layout.question_first:
+        return asked
+    preview = QUESTION_PREVIEW.format(question=_clean_question(question))
+    return [("system", f"{system}\n{preview}" if system else preview), *asked]
 
 
 def pause_turn(count: int) -> Conversation:

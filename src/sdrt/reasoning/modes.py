@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from sdrt.data.records import VQARecord
 from sdrt.models.base import EncodedImage, Generation, Prompt, VisionLanguageModel
-from sdrt.prompts.library import DualQueryPrompt, direct_prompt, pause_turn
+from sdrt.prompts.library import DualQueryPrompt, StudentLayout, direct_prompt, laid_out
 from sdrt.reasoning.ensemble import Candidate, EnsembleResult, get_strategy
 from sdrt.reasoning.extract import extract_short_answer
 
@@ -36,13 +36,13 @@ def batch_size_for(
     budget: GenerationBudget,
     *,
     open_ended: bool = False,
-    pause_tokens: int = 0,
+    layout: StudentLayout = StudentLayout(),
 ) -> int:
     """Examples per batch when none is given: what free GPU memory holds (8 on a CPU).
 
     A row is sized by ``record``'s longest conversation: step 2 with a full-length analysis
     and answer; an example has one row per prompt. Without prompts the row is the direct
-    question as ``answer_direct`` asks it (``open_ended``, ``pause_tokens``) and its reply.
+    question as ``answer_direct`` asks it (``open_ended``, ``layout``) and its reply.
     """
     from sdrt.models.memory import choose_batch_size
 
@@ -53,7 +53,7 @@ def batch_size_for(
             model.prompt_tokens(image, p.step2(record.question, filler, record.choices)) for p in prompts
         )
         return choose_batch_size(model, longest + budget.answer_tokens, len(prompts))
-    asked = _direct_prompt(record, open_ended, pause_tokens)
+    asked = _direct_prompt(model, record, open_ended, layout)
     return choose_batch_size(model, model.prompt_tokens(image, asked) + budget.reply_tokens(open_ended), 1)
 
 
@@ -114,15 +114,15 @@ def answer_direct(
     images: Sequence[EncodedImage],
     budget: GenerationBudget = GenerationBudget(),
     open_ended: bool = False,
-    pause_tokens: int = 0,
+    layout: StudentLayout = StudentLayout(),
 ) -> list[Answer]:
     """One call per example with the standard short-answer instruction (no reasoning).
 
     ``open_ended`` asks the question as it is (no instruction) and keeps the whole reply, for
     benchmarks whose answer is a text rather than a word (``prompt_style="open"``).
-    ``pause_tokens``: the attached adapter's pause slots, which its prompts open the answer with.
+    ``layout``: the attached adapter's student layout (its pause slots, the question before the image).
     """
-    prompts = [_direct_prompt(r, open_ended, pause_tokens) for r in records]
+    prompts = [_direct_prompt(model, r, open_ended, layout) for r in records]
     outputs = model.generate(images, prompts, max_new_tokens=budget.reply_tokens(open_ended))
     return [
         Answer(
@@ -136,11 +136,13 @@ def answer_direct(
     ]
 
 
-def _direct_prompt(record: VQARecord, open_ended: bool, pause_tokens: int) -> Prompt:
+def _direct_prompt(
+    model: VisionLanguageModel, record: VQARecord, open_ended: bool, layout: StudentLayout
+) -> Prompt:
     """The one-call question: as asked (open-ended) or with the short-answer instruction."""
     if open_ended:
-        return [("user", record.question), *pause_turn(pause_tokens)]
-    return direct_prompt(record.question, record.choices, pause_tokens)
+        return laid_out(record.question, record.question, layout, model.system_prompt)
+    return direct_prompt(record.question, record.choices, layout, model.system_prompt)
 
 
 def answer_dual_query(
@@ -246,17 +248,17 @@ def answer_with_mode(
     budget: GenerationBudget = GenerationBudget(),
     strategy: str = "majority",
     open_ended: bool = False,
-    pause_tokens: int = 0,
+    layout: StudentLayout = StudentLayout(),
 ) -> list[Answer]:
     """Dispatch on a mode string. ``adapter`` answers directly: the adapter must be attached,
-    and ``pause_tokens`` are its pause slots.
+    and ``layout`` is its student layout.
 
     Open-ended questions (descriptions) are answered directly only: dual-query prompts end in
     a short-answer instruction.
     """
     prompts = mode_prompts(mode, ensemble_prompts, library_get)
     if not prompts:
-        return answer_direct(model, records, images, budget, open_ended, pause_tokens)
+        return answer_direct(model, records, images, budget, open_ended, layout)
     if open_ended:
         raise ValueError(
             f"mode {mode!r} answers in a word or phrase; an open-ended benchmark takes direct or adapter"
