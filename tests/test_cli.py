@@ -147,7 +147,7 @@ def test_ask_with_a_pause_adapter_opens_the_answer_with_its_slots(image, tmp_pat
     from sdrt.ask import ask_question
     from sdrt.models.hf import HFVisionLanguageModel
     from sdrt.models.tiny import load_tiny_model
-    from sdrt.prompts.library import direct_prompt
+    from sdrt.prompts.library import StudentLayout, direct_prompt
 
     config = AdapterConfig(layers=[1], rank=2, pause_tokens=3)
     folder = save_adapter(SDRTAdapter.for_model(config, load_tiny_model("llava")), tmp_path / "adapter")
@@ -160,7 +160,7 @@ def test_ask_with_a_pause_adapter_opens_the_answer_with_its_slots(image, tmp_pat
 
     monkeypatch.setattr(HFVisionLanguageModel, "generate", recording_generate)
     ask_question("tiny:llava", image, "what color?", mode="adapter", adapter=folder)
-    assert asked == [direct_prompt("what color?", None, 3)]
+    assert asked == [direct_prompt("what color?", None, StudentLayout(pause_tokens=3))]
 
 
 def test_ask_refuses_an_adapter_inside_a_reasoning_mode(image, tmp_path):

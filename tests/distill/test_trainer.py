@@ -38,6 +38,20 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "adapter.safetensors"))
 
 
+@pytest.fixture
+def scored_prompts(tiny_model, monkeypatch) -> list:
+    """Every conversation ``tiny_model.score`` is given, in order, as the test runs."""
+    scored: list = []
+    real_score = tiny_model.score
+
+    def recording_score(images, prompts, *args, **kwargs):
+        scored.extend(prompts)
+        return real_score(images, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "score", recording_score)
+    return scored
+
+
 def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -248,7 +262,7 @@ def test_the_command_refuses_in_one_line(trace_dir, tmp_path):
 
 
 def test_each_trace_folder_keeps_its_own_prompt_library(
-    tiny_model, trace_dir, make_traces, tmp_path, monkeypatch
+    tiny_model, trace_dir, make_traces, tmp_path, scored_prompts
 ):
     # A second folder whose library gives the same prompt ids other step-2 templates.
     builtin = PromptLibrary.load()
@@ -267,14 +281,8 @@ def test_each_trace_folder_keeps_its_own_prompt_library(
     other = make_traces(tmp_path / "other", source="scenes:multi-hop", prompts_yaml=override)
     libraries = {trace_dir: builtin, other: PromptLibrary.load(override)}
 
-    scored = []  # every conversation the model scores: the student's and the teachers'
-    real_score = tiny_model.score
-
-    def recording_score(images, prompts, *args, **kwargs):
-        scored.extend(prompts)
-        return real_score(images, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "score", recording_score)
+    scored = scored_prompts  # every conversation scored from here on: the student's and the teachers'
+    scored.clear()
     cfg = config(trace_dir, tmp_path / "adapter", traces=[trace_dir, other], steps=1, batch_size=16)
     run_distillation(cfg, tiny_model)
 
@@ -288,16 +296,9 @@ def test_each_trace_folder_keeps_its_own_prompt_library(
 
 
 def test_the_student_opens_its_answer_with_the_adapters_pause_slots(
-    tiny_model, trace_dir, tmp_path, monkeypatch
+    tiny_model, trace_dir, tmp_path, scored_prompts
 ):
-    scored = []  # cross-entropy only: every conversation scored is the student's
-    real_score = tiny_model.score
-
-    def recording_score(images, prompts, *args, **kwargs):
-        scored.extend(prompts)
-        return real_score(images, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "score", recording_score)
+    scored = scored_prompts  # cross-entropy only: every conversation scored is the student's
     settings = {"steps": 3, "lr": 2e-2, "warmup_steps": 0, "loss": {"hidden": 0.0, "ce": 1.0}}
     # the slots' states enter below the top layer, so that the first slot can reach the answer
     adapter = {"pause_tokens": 2, "layers": [0, 1], "skip": {"enabled": False}}
@@ -315,16 +316,9 @@ def test_the_student_opens_its_answer_with_the_adapters_pause_slots(
 
 @pytest.mark.parametrize("method", ["sdrt", "lora-sft"])
 def test_the_student_is_asked_the_question_before_the_image_when_its_adapter_says_so(
-    tiny_model, trace_dir, tmp_path, monkeypatch, method
+    tiny_model, trace_dir, tmp_path, monkeypatch, scored_prompts, method
 ):
-    scored = []  # cross-entropy only: every conversation scored is the student's
-    real_score = tiny_model.score
-
-    def recording_score(images, prompts, *args, **kwargs):
-        scored.extend(prompts)
-        return real_score(images, prompts, *args, **kwargs)
-
-    monkeypatch.setattr(tiny_model, "score", recording_score)
+    scored = scored_prompts  # cross-entropy only: every conversation scored is the student's
     monkeypatch.setattr(tiny_model, "system_prompt", "Look closely.")
     settings = {"steps": 2, "warmup_steps": 0, "loss": {"hidden": 0.0, "ce": 1.0}, "method": method}
     where = "adapter" if method == "sdrt" else "lora"
