@@ -255,7 +255,7 @@ class EmbeddedVLM(VisionLanguageModel):
             "image_tokens": self.image_tokens,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
-            "system_prompt": SYSTEM_PROMPT,
+            "system_prompt": self.system_prompt,
             **self.weights_info,
         }
 
@@ -276,7 +276,7 @@ class EmbeddedVLM(VisionLanguageModel):
         if not image_placed:
             raise ModelError(f"{self.name}: prompt has no user turn to hold the image")
         if messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
         opened = opens_answer(turns)
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=not opened, continue_final_message=opened
