@@ -49,7 +49,8 @@ from sdrt.distill.teacher import (
     fill_teacher_cache,
 )
 from sdrt.models.base import ScoreOutput, VisionLanguageModel, gather_positions
-from sdrt.prompts.library import PromptLibrary, direct_prompt
+from sdrt.prompts.library import PromptLibrary
+from sdrt.reasoning.modes import one_pass_prompt
 from sdrt.traces.store import TraceStore
 from sdrt.training.core import CHECKPOINTS, load_checkpoint, save_checkpoint, scheduler
 
@@ -329,8 +330,7 @@ class DistillTrainer:
     def micro_step_loss(self, batch: list[DistillExample]) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.config
         images = self.model.encode_images([ex.record.load_image() for ex in batch])
-        layout, system = self.adapter.layout, self.model.system_prompt
-        prompts = [direct_prompt(ex.record.question, ex.record.choices, layout, system) for ex in batch]
+        prompts = [one_pass_prompt(self.model, ex.record, self.adapter.layout) for ex in batch]
         labels = [ex.pseudo_label for ex in batch]
         if not self.config.reads_teachers:  # cross-entropy on the pseudo-labels alone
             written = self.written_labels(batch)

@@ -53,7 +53,7 @@ def batch_size_for(
             model.prompt_tokens(image, p.step2(record.question, filler, record.choices)) for p in prompts
         )
         return choose_batch_size(model, longest + budget.answer_tokens, len(prompts))
-    asked = _direct_prompt(model, record, open_ended, layout)
+    asked = one_pass_prompt(model, record, layout, open_ended)
     return choose_batch_size(model, model.prompt_tokens(image, asked) + budget.reply_tokens(open_ended), 1)
 
 
@@ -122,7 +122,7 @@ def answer_direct(
     benchmarks whose answer is a text rather than a word (``prompt_style="open"``).
     ``layout``: the attached adapter's student layout (its pause slots, the question before the image).
     """
-    prompts = [_direct_prompt(model, r, open_ended, layout) for r in records]
+    prompts = [one_pass_prompt(model, r, layout, open_ended) for r in records]
     outputs = model.generate(images, prompts, max_new_tokens=budget.reply_tokens(open_ended))
     return [
         Answer(
@@ -136,10 +136,15 @@ def answer_direct(
     ]
 
 
-def _direct_prompt(
-    model: VisionLanguageModel, record: VQARecord, open_ended: bool, layout: StudentLayout
+def one_pass_prompt(
+    model: VisionLanguageModel,
+    record: VQARecord,
+    layout: StudentLayout = StudentLayout(),
+    open_ended: bool = False,
 ) -> Prompt:
-    """The one-call question: as asked (open-ended) or with the short-answer instruction."""
+    """The one-call question: as asked (open-ended) or with the short-answer instruction, in a
+    student ``layout`` and with ``model``'s own system text. Direct answers, the adapter's
+    answers and distillation's student all ask through it, so they ask alike."""
     if open_ended:
         return laid_out(record.question, record.question, layout, model.system_prompt)
     return direct_prompt(record.question, record.choices, layout, model.system_prompt)
