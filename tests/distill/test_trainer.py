@@ -380,3 +380,28 @@ def test_the_prefix_cache_keeps_real_positions_within_its_bound():
     assert torch.equal(cache.supply(["a"], torch.device("cpu"))(0, hidden[:1]), hidden[:1])  # not kept
     with pytest.raises(ValueError, match="below"):
         FrozenPrefixCache(below=2, layers=[0], max_bytes=1)
+
+
+def test_a_grid_mix_below_the_interventions_trains_the_same_with_the_prefix_cache(
+    tiny_model, trace_dir, tmp_path
+) -> None:
+    """The mix at layer 0 lowers the cached prefix to nothing below it; trained with the cache
+    on and off it gives the same losses and weights, and it learns (it starts at zero)."""
+    ce_only = {"hidden": 0.0, "ce": 1.0}
+    settings = {"steps": 6, "batch_size": 4, "lr": 2e-2, "warmup_steps": 0, "loss": ce_only}
+    mix = {"enabled": True, "layer": 0, "rank": 2}
+    adapter = {"layers": [1], "skip": {"enabled": False}, "grid_mix": mix}
+    runs = {
+        cache: run_distillation(
+            config(trace_dir, tmp_path / str(cache), adapter=adapter, cache_prefix=cache, **settings),
+            tiny_model,
+        )
+        for cache in (True, False)
+    }
+    for a, b in zip(runs[True].history, runs[False].history, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-6), (a, b)
+    learned = weights(tmp_path / "True")
+    assert learned["grid_mix.up.weight"].abs().sum() > 0
+    assert_same_weights(learned, weights(tmp_path / "False"), atol=1e-5)
+    saved = json.loads((tmp_path / "True" / "adapter_config.json").read_text())["grid_mix"]
+    assert (saved["layer"], saved["rank"], saved["kernel"]) == (0, 2, [7, 13])

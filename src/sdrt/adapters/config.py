@@ -76,6 +76,26 @@ class BackPatchConfig(BaseModel):
         return self
 
 
+class GridMixConfig(BaseModel):
+    """Grid mixing: image tokens read their neighbours on the 2-D token grid (``adapters.grid``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    layer: int | None = Field(default=None, ge=0)  # None: the lowest intervened layer
+    rank: int = Field(default=16, ge=1)
+    # (rows, columns) of offsets each cell reads, centred on it; odd so that it is centred.
+    # The default spans a 7x7 grid's columns from any cell and three rows either way.
+    kernel: tuple[int, int] = (7, 13)
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd_kernel(cls, kernel: tuple[int, int]) -> tuple[int, int]:
+        if any(size < 1 or size % 2 == 0 for size in kernel):
+            raise ValueError(f"grid_mix.kernel {list(kernel)} must be two odd sizes >= 1 (centred on a cell)")
+        return kernel
+
+
 class AdapterConfig(BaseModel):
     """Everything needed to rebuild an adapter and to pin it to its base model."""
 
@@ -95,6 +115,7 @@ class AdapterConfig(BaseModel):
     # The student's prompt also states the question in a system turn before the image, so the
     # image positions are computed with the question in view (``StudentLayout``).
     question_first: bool = False
+    grid_mix: GridMixConfig = Field(default_factory=GridMixConfig)
     base_model: str = ""
     base_model_config_hash: str = ""
     prompt_library_hash: str = ""
@@ -138,6 +159,20 @@ class AdapterConfig(BaseModel):
                 not self.back_patch.enabled
                 or (self.back_patch.target_layer is not None and self.back_patch.source_layer is not None)
             )
+            and (not self.grid_mix.enabled or self.grid_mix.layer is not None)
+        )
+
+    @property
+    def lowest_edited_layer(self) -> int:
+        """The lowest layer whose output the adapter changes: the frozen model runs alone below it."""
+        if self.layers is None:
+            raise AdapterError("the adapter's layers are still open: resolve the config first")
+        return min(
+            [
+                *self.layers,
+                *([self.back_patch.target_layer] if self.back_patch.enabled else []),
+                *([self.grid_mix.layer] if self.grid_mix.enabled else []),
+            ]
         )
 
     def resolved(self, num_layers: int, num_prompts: int | None = None) -> AdapterConfig:
@@ -153,6 +188,8 @@ class AdapterConfig(BaseModel):
             values["gate"]["num_heads"] = max(2, num_prompts)
         if self.back_patch.enabled:
             values["back_patch"] = resolved_back_patch(self.back_patch, min(layers), num_layers)
+        if self.grid_mix.enabled and self.grid_mix.layer is None:
+            values["grid_mix"]["layer"] = min(layers)
         return AdapterConfig.model_validate(values)
 
 
@@ -205,5 +242,11 @@ def check_against_model(config: AdapterConfig, num_layers: int, hidden_size: int
             )
         if patch.rank > hidden_size:
             problems.append(f"back_patch.rank {patch.rank} exceeds hidden size {hidden_size}")
+    grid = config.grid_mix
+    if grid.enabled:
+        if grid.layer >= num_layers:
+            problems.append(f"grid_mix.layer {grid.layer} out of range (model has {num_layers})")
+        if grid.rank > hidden_size:
+            problems.append(f"grid_mix.rank {grid.rank} exceeds hidden size {hidden_size}")
     if problems:
         raise AdapterError("adapter does not fit the model: " + "; ".join(problems))

@@ -1,10 +1,11 @@
 """The SDRT adapter: interventions at a few decoder layers of a frozen VLM, run through hooks.
 
 ``SDRTAdapter`` holds, per intervened layer, one LoReFT intervention (or K heads mixed by a
-learned prompt gate), plus an optional cross-modal skip fed from an earlier layer. ``attach``
-registers one hook per layer on a ``VisionLanguageModel``; the hooks read the ``TokenLayout``
-of the forward now running, so the same positions are edited in ``score`` (training) and in
-``generate`` (prefill, then one KV-cached decode step at a time).
+learned prompt gate), plus an optional cross-modal skip fed from an earlier layer and an
+optional grid mix of the image tokens. ``attach`` registers one hook per layer on a
+``VisionLanguageModel``; the hooks read the ``TokenLayout`` of the forward now running, so
+the same positions are edited in ``score`` (training) and in ``generate`` (prefill, then one
+KV-cached decode step at a time).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from sdrt.adapters.backpatch import BackPatch
 from sdrt.adapters.config import AdapterConfig, AdapterError, check_against_model
+from sdrt.adapters.grid import GridMix, image_cells
 from sdrt.adapters.intervention import LoReFTIntervention, MixedLoReFT
 from sdrt.adapters.positions import parse_position_specs, pause_slots, position_mask
 from sdrt.adapters.skip import CrossModalSkip
@@ -102,6 +104,9 @@ class SDRTAdapter(nn.Module):
         if config.back_patch.enabled:
             self.back_patch = BackPatch(d, config.back_patch.rank)
             self.back_patch_specs = parse_position_specs(config.back_patch.positions)
+        self.grid_mix: GridMix | None = None
+        if config.grid_mix.enabled:
+            self.grid_mix = GridMix(d, config.grid_mix.rank, config.grid_mix.kernel)
         self._gate_weights: dict[int, torch.Tensor] = {}  # layer -> (B, K), kept for decode steps
         self._gate_override: torch.Tensor | None = None
         self._handle: AdapterHandle | None = None
@@ -154,6 +159,8 @@ class SDRTAdapter(nn.Module):
             patch = self.config.back_patch
             hook = model.add_rerun_hook(patch.target_layer, patch.source_layer, self._back_patch_hook)
             handles.append(hook)
+        if self.grid_mix is not None:  # before an edit at the same layer, which then reads the mixed states
+            handles.append(model.add_layer_hook(self.config.grid_mix.layer, self._grid_hook))
         handles.extend(model.add_layer_hook(layer, self._edit_hook) for layer in self.layers)
         self._handle = AdapterHandle(self, handles)
         self._model = model
@@ -222,6 +229,19 @@ class SDRTAdapter(nn.Module):
             source = later()  # (B, L, d): frozen layers above, no gradient unless something below trains
         rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
         return added_at(hidden, rows, cols, self.back_patch(source[rows, cols]))
+
+    def _grid_hook(self, layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
+        """Add the grid mix at every image token (a prefill or score forward; decode steps have none)."""
+        image = layout.image_mask.bool().to(hidden.device)  # (B, L)
+        if self.grid_mix is None or self._model is None or not bool(image.any()):
+            return None
+        grid = self._model.image_grid(int(image.sum(1).max()))
+        try:
+            rows, cols = image_cells(image, grid)  # (N*h*w,) each, raster order
+        except ValueError as err:
+            raise AdapterError(f"layer {layer}: {err}") from err
+        cells = hidden[rows, cols].reshape(-1, *grid, hidden.shape[-1])  # (N, h, w, d)
+        return added_at(hidden, rows, cols, self.grid_mix(cells).reshape(rows.shape[0], -1))
 
     def _edit_hook(self, layer: int, hidden: torch.Tensor, layout: TokenLayout) -> torch.Tensor | None:
         decode = is_decode_step(layout)

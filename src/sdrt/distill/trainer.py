@@ -211,12 +211,11 @@ class DistillTrainer:
     def _prefix_cache(self) -> FrozenPrefixCache | None:
         """Per-example states under the lowest layer the adapter edits (SDRT adapters only: LoRA edits all).
 
-        A back-patch below the interventions lowers that layer; a skip whose source is then
-        computed anyway reads it there, not from the cache.
+        A back-patch or a grid mix below the interventions lowers that layer; a skip whose
+        source is then computed anyway reads it there, not from the cache.
         """
         c = self.config
-        patch = self.adapter_settings.back_patch
-        below = min([*self.layers, *([patch.target_layer] if patch.enabled else [])])
+        below = self.adapter_settings.lowest_edited_layer
         if c.method != "sdrt" or not c.cache_prefix or below == 0:
             return None
         skip = self.adapter_settings.skip

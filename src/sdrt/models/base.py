@@ -237,6 +237,12 @@ class VisionLanguageModel(ABC):
         """Length in tokens of ``prompt`` rendered with ``image`` (image tokens included)."""
         raise NotImplementedError(f"{self.name} does not count prompt tokens")
 
+    def image_grid(self, num_tokens: int) -> tuple[int, int]:
+        """(rows, columns) of the token grid an image of ``num_tokens`` tokens is laid out in,
+        row by row (what a spatial edit of the image tokens needs). Backends whose images are
+        one fixed raster say so; others raise ``ModelError``."""
+        raise ModelError(f"{self.name} does not say how its image tokens are laid out")
+
     @abstractmethod
     def encode_images(self, images: Sequence[Image.Image]) -> list[EncodedImage]: ...
 

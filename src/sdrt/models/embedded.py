@@ -247,6 +247,12 @@ class EmbeddedVLM(VisionLanguageModel):
         before, after = self._prompt_pieces(prompt)
         return len(before) + self.image_tokens + len(after)
 
+    def image_grid(self, num_tokens: int) -> tuple[int, int]:
+        grid = self.vision.grid
+        if num_tokens != grid * grid:
+            raise ModelError(f"{self.name}: an image is {grid}x{grid} tokens, not {num_tokens}")
+        return grid, grid
+
     def config_dict(self) -> dict[str, Any]:
         return {
             "backend": BACKEND,

@@ -11,6 +11,7 @@ prompt tokens and positions.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from sdrt.models.registry import LoadOptions
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Families whose every image is one square raster of tokens, row by row (``image_grid``).
+SINGLE_GRID_MODEL_TYPES = ("llava",)
 # Keys of a config that say nothing about the architecture; they must not change the config hash.
 _VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "_commit_hash"}
 # Processor outputs that belong to the text, not to the image.
@@ -277,6 +280,19 @@ class HFVisionLanguageModel(VisionLanguageModel):
 
     def prompt_tokens(self, image: ImageInput, prompt: Prompt) -> int:
         return len(self._prompt_ids(prompt, self._features([image])[0]))
+
+    def image_grid(self, num_tokens: int) -> tuple[int, int]:
+        """LLaVA-1.5-style models give every image one square raster of patch tokens; others
+        (Qwen2-VL's size-dependent grids, Idefics3's tiles, LLaVA-NeXT's crops) are refused."""
+        model_type = self.model.config.model_type
+        side = math.isqrt(num_tokens)
+        if model_type not in SINGLE_GRID_MODEL_TYPES or side * side != num_tokens:
+            raise ModelError(
+                f"{self.name}: {model_type} images are not one square token grid here "
+                f"({num_tokens} tokens); grid mixing knows {', '.join(SINGLE_GRID_MODEL_TYPES)} "
+                "and the embedded model"
+            )
+        return side, side
 
     @property
     def max_length(self) -> int:
