@@ -118,3 +118,53 @@ def first_two_tokens_match_score(model, images, prompts, generations) -> int:
 @pytest.fixture
 def decode_matches_score() -> Callable[..., int]:
     return first_two_tokens_match_score
+
+
+def fresh_is_identity_and_learns(model, adapter, x: torch.Tensor, layout: TokenLayout, read: torch.Tensor):
+    """A fresh adapter leaves every layer's output of ``model`` as it was, and a loss on the last
+    layer's ``read`` positions reaches its parameters; returns the adapter for the caller's check."""
+    model.layers.requires_grad_(False)  # frozen, as a VLM under an adapter is
+    base = model(x, layout)
+    with adapter.attach(model):
+        edited = model(x, layout)
+        assert all(torch.equal(a, b) for a, b in zip(base, edited, strict=True))
+        edited[-1][read].pow(2).sum().backward()
+    return adapter
+
+
+def decode_steps_untouched(model, adapter, x: torch.Tensor, layout: TokenLayout) -> None:
+    """After a prefill of ``x`` with the adapter attached, a decode step's outputs are the bare model's."""
+    step = torch.randn(x.shape[0], 1, x.shape[-1])
+    with torch.no_grad():
+        base = model.decode(step)
+        with adapter.attach(model):
+            model(x, layout)
+            assert all(torch.equal(a, b) for a, b in zip(base, model.decode(step), strict=True))
+
+
+@pytest.fixture
+def identity_then_learns() -> Callable[..., object]:
+    return fresh_is_identity_and_learns
+
+
+@pytest.fixture
+def decode_untouched() -> Callable[..., None]:
+    return decode_steps_untouched
+
+
+def reloads_the_same(model, adapter, x: torch.Tensor, layout: TokenLayout, folder):
+    """Save ``adapter``, load it onto ``model``: the same outputs; returns the loaded adapter."""
+    from sdrt.adapters.files import load_adapter, save_adapter
+
+    with adapter.attach(model), torch.no_grad():
+        before = model(x, layout)
+    save_adapter(adapter, folder)
+    loaded = load_adapter(folder, model)
+    with loaded.attach(model), torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(before, model(x, layout), strict=True))
+    return loaded
+
+
+@pytest.fixture
+def round_trip() -> Callable[..., object]:
+    return reloads_the_same

@@ -8,7 +8,6 @@ from PIL import Image
 
 from sdrt.adapters.backpatch import rms_normalised
 from sdrt.adapters.config import AdapterConfig
-from sdrt.adapters.files import load_adapter, save_adapter
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.models.base import ModelError, TokenLayout
 
@@ -58,28 +57,17 @@ def test_the_patch_is_what_the_frozen_later_layers_make_of_the_target(standin, l
     assert torch.equal(edited[0][~mask], base[0][~mask])
 
 
-def test_a_fresh_back_patch_is_the_identity_and_learns(standin, layout) -> None:
+def test_a_fresh_back_patch_is_the_identity_and_learns(standin, layout, identity_then_learns) -> None:
     model = standin(D)
-    model.layers.requires_grad_(False)  # frozen, as a VLM under an adapter is
-    x, lay = inputs(ROWS), layout(ROWS)
-    base = model(x, lay)
-    adapter = patch_adapter(model)
-    with adapter.attach(model):
-        edited = model(x, lay)
-        assert all(torch.equal(a, b) for a, b in zip(base, edited, strict=True))
-        edited[-1][lay.last_prompt_positions(2)].pow(2).sum().backward()
+    lay = layout(ROWS)
+    read = lay.last_prompt_positions(2)
+    adapter = identity_then_learns(model, patch_adapter(model), inputs(ROWS), lay, read)
     assert adapter.back_patch.up.weight.grad.abs().sum() > 0
 
 
-def test_decode_steps_are_not_patched(standin, layout) -> None:
+def test_decode_steps_are_not_patched(standin, layout, decode_untouched) -> None:
     model = standin(D)
-    adapter = randomised(patch_adapter(model))
-    step = torch.randn(2, 1, D)
-    with torch.no_grad():
-        base = model.decode(step)
-        with adapter.attach(model):
-            model(inputs(ROWS), layout(ROWS))
-            assert all(torch.equal(a, b) for a, b in zip(base, model.decode(step), strict=True))
+    decode_untouched(model, randomised(patch_adapter(model)), inputs(ROWS), layout(ROWS))
 
 
 def test_config_checks_the_layers_and_positions(standin) -> None:
@@ -96,17 +84,11 @@ def test_config_checks_the_layers_and_positions(standin) -> None:
         standin(D).add_rerun_hook(2, 2, lambda *args: None)
 
 
-def test_saved_and_loaded_with_its_weights(standin, layout, tmp_path) -> None:
+def test_saved_and_loaded_with_its_weights(standin, layout, tmp_path, round_trip) -> None:
     model = standin(D)
-    x, lay = inputs(ROWS), layout(ROWS)
     adapter = randomised(patch_adapter(model))
-    with adapter.attach(model), torch.no_grad():
-        before = model(x, lay)
-    save_adapter(adapter, tmp_path)
-    loaded = load_adapter(tmp_path, model)
+    loaded = round_trip(model, adapter, inputs(ROWS), layout(ROWS), tmp_path)
     assert loaded.config.back_patch == adapter.config.back_patch
-    with loaded.attach(model), torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(before, model(x, lay), strict=True))
 
 
 def test_rms_normalised_has_unit_root_mean_square() -> None:

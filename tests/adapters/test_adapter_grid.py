@@ -8,7 +8,6 @@ from PIL import Image
 
 from sdrt.adapters.backpatch import rms_normalised
 from sdrt.adapters.config import AdapterConfig, AdapterError
-from sdrt.adapters.files import load_adapter, save_adapter
 from sdrt.adapters.grid import image_cells
 from sdrt.adapters.model import SDRTAdapter
 from sdrt.models.base import ModelError
@@ -83,28 +82,16 @@ def test_a_cell_reads_the_cell_to_its_right_and_nothing_else_moves(grid_model, l
     assert torch.equal(edited[0], base[0])  # below the mix's layer
 
 
-def test_a_fresh_mix_is_the_identity_and_learns(grid_model, layout) -> None:
+def test_a_fresh_mix_is_the_identity_and_learns(grid_model, layout, identity_then_learns) -> None:
     model = grid_model(D)
-    model.layers.requires_grad_(False)
-    x, lay = inputs(ROWS), layout(ROWS)
-    base = model(x, lay)
-    adapter = grid_adapter(model)
-    with adapter.attach(model):
-        edited = model(x, lay)
-        assert all(torch.equal(a, b) for a, b in zip(base, edited, strict=True))
-        edited[-1][lay.image_mask].pow(2).sum().backward()
+    lay = layout(ROWS)
+    adapter = identity_then_learns(model, grid_adapter(model), inputs(ROWS), lay, lay.image_mask)
     assert adapter.grid_mix.up.weight.grad.abs().sum() > 0
 
 
-def test_decode_steps_are_not_mixed(grid_model, layout) -> None:
+def test_decode_steps_are_not_mixed(grid_model, layout, decode_untouched) -> None:
     model = grid_model(D)
-    adapter = reads_right_neighbour(grid_adapter(model))
-    step = torch.randn(2, 1, D)
-    with torch.no_grad():
-        base = model.decode(step)
-        with adapter.attach(model):
-            model(inputs(ROWS[:2]), layout(ROWS[:2]))
-            assert all(torch.equal(a, b) for a, b in zip(base, model.decode(step), strict=True))
+    decode_untouched(model, reads_right_neighbour(grid_adapter(model)), inputs(ROWS[:2]), layout(ROWS[:2]))
 
 
 def test_rows_that_are_not_one_grid_are_refused(grid_model, standin, layout) -> None:
@@ -137,17 +124,11 @@ def test_parameters_are_the_bottleneck_and_the_kernel(grid_model) -> None:
     assert sum(p.numel() for p in adapter.grid_mix.parameters()) == 2 * D * 4 + 4 * 3 * 5
 
 
-def test_saved_and_loaded_with_its_weights(grid_model, layout, tmp_path) -> None:
+def test_saved_and_loaded_with_its_weights(grid_model, layout, tmp_path, round_trip) -> None:
     model = grid_model(D)
-    x, lay = inputs(ROWS), layout(ROWS)
     adapter = reads_right_neighbour(grid_adapter(model, kernel=(1, 3)))
-    with adapter.attach(model), torch.no_grad():
-        before = model(x, lay)
-    save_adapter(adapter, tmp_path)
-    loaded = load_adapter(tmp_path, model)
+    loaded = round_trip(model, adapter, inputs(ROWS), layout(ROWS), tmp_path)
     assert loaded.config.grid_mix == adapter.config.grid_mix
-    with loaded.attach(model), torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(before, model(x, lay), strict=True))
 
 
 # --- on real (tiny, random) transformers VLMs and the embedded model's grid ------------------
