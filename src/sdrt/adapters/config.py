@@ -227,26 +227,30 @@ def check_against_model(config: AdapterConfig, num_layers: int, hidden_size: int
     ]
     if config.rank > hidden_size:
         problems.append(f"rank {config.rank} exceeds hidden size {hidden_size}")
-    if config.skip.enabled:
-        if config.skip.source_layer >= num_layers:
-            problems.append(
-                f"skip.source_layer {config.skip.source_layer} out of range (model has {num_layers})"
-            )
-        if config.skip.rank > hidden_size:
-            problems.append(f"skip.rank {config.skip.rank} exceeds hidden size {hidden_size}")
-    patch = config.back_patch
-    if patch.enabled:
-        if patch.source_layer >= num_layers:
-            problems.append(
-                f"back_patch.source_layer {patch.source_layer} out of range (model has {num_layers})"
-            )
-        if patch.rank > hidden_size:
-            problems.append(f"back_patch.rank {patch.rank} exceeds hidden size {hidden_size}")
-    grid = config.grid_mix
-    if grid.enabled:
-        if grid.layer >= num_layers:
-            problems.append(f"grid_mix.layer {grid.layer} out of range (model has {num_layers})")
-        if grid.rank > hidden_size:
-            problems.append(f"grid_mix.rank {grid.rank} exceeds hidden size {hidden_size}")
+    parts = [
+        ("skip", "source_layer", config.skip),
+        ("back_patch", "source_layer", config.back_patch),
+        ("grid_mix", "layer", config.grid_mix),
+    ]
+    for name, layer_field, part in parts:
+        if part.enabled:
+            problems.extend(_part_problems(name, layer_field, part, num_layers, hidden_size))
     if problems:
         raise AdapterError("adapter does not fit the model: " + "; ".join(problems))
+
+
+def _part_problems(
+    name: str,
+    layer_field: str,
+    part: SkipConfig | BackPatchConfig | GridMixConfig,
+    num_layers: int,
+    hidden_size: int,
+) -> list[str]:
+    """What does not fit in one optional part: the layer it reads or edits, and its rank."""
+    problems = []
+    layer = getattr(part, layer_field)
+    if layer >= num_layers:
+        problems.append(f"{name}.{layer_field} {layer} out of range (model has {num_layers})")
+    if part.rank > hidden_size:
+        problems.append(f"{name}.rank {part.rank} exceeds hidden size {hidden_size}")
+    return problems
